@@ -13,39 +13,61 @@ __all__ = ['PeakMemory', 'sync', 'spawn_arm', 'ratio', 'fixed_length_sft_data', 
 
 # %% ../nbs/92_bench.ipynb #236c11f1
 def _proc_mb() -> tuple[float, float]:
-    with open("/proc/self/status") as f: d = dict(l.split(":", 1) for l in f)
+    with open("/proc/self/status") as f:
+        d = dict(l.split(":", 1) for l in f)
     return int(d["VmRSS"].split()[0]) / 1024, int(d["VmHWM"].split()[0]) / 1024
+
 
 class PeakMemory:
     "Peak memory growth since `start()`: CUDA max_memory_allocated, or CPU VmHWM (reset via /proc/self/clear_refs)."
-    def __init__(self, cuda: bool | None = None): self.cuda = torch.cuda.is_available() if cuda is None else cuda
+
+    def __init__(self, cuda: bool | None = None):
+        self.cuda = torch.cuda.is_available() if cuda is None else cuda
+
     def start(self) -> "PeakMemory":
         if self.cuda:
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); self.base = torch.cuda.memory_allocated() / 2**20
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() / 2**20
         else:
             try:
-                with open("/proc/self/clear_refs", "w") as f: f.write("5")
-            except OSError: pass
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
             self.base = _proc_mb()[0]
         return self
+
     def peak_mb(self) -> float:
-        if self.cuda: torch.cuda.synchronize(); return torch.cuda.max_memory_allocated() / 2**20 - self.base
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**20 - self.base
         return _proc_mb()[1] - self.base
+
     @property
     def how(self) -> str:
-        return "cuda max_memory_allocated growth" if self.cuda else "CPU VmHWM growth after reset (/proc/self/clear_refs)"
+        return (
+            "cuda max_memory_allocated growth"
+            if self.cuda
+            else "CPU VmHWM growth after reset (/proc/self/clear_refs)"
+        )
+
 
 def sync():
     "Wait for the GPU (no-op on CPU)."
-    if torch.cuda.is_available(): torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
 
 def spawn_arm(module: str, fn: str, arm: str, spec: dict) -> dict:
     "Run `module.fn(arm, spec) -> dict` in a fresh Python process and return its result."
     code = f"import json; from {module} import {fn}; print('@@' + json.dumps({fn}({arm!r}, {spec!r})))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     line = [l for l in p.stdout.splitlines() if l.startswith("@@")]
-    if p.returncode or not line: raise RuntimeError(f"benchmark arm {arm!r} failed:\n{p.stderr[-3000:]}")
+    if p.returncode or not line:
+        raise RuntimeError(f"benchmark arm {arm!r} failed:\n{p.stderr[-3000:]}")
     return json.loads(line[-1][2:])
+
 
 def ratio(res: dict, a: str, b: str, key: str) -> float | None:
     "res[a][key] / res[b][key], or None when an arm is missing."
@@ -56,31 +78,69 @@ def fixed_length_sft_data(n: int, prompt_len: int = 48, completion_len: int = 64
     "Conversational SFT rows of fixed character lengths, so both arms see batches of identical shapes whatever their order."
     import random
     from datasets import Dataset
-    rng = random.Random(seed); abc = "abcdefghijklmnopqrstuvwxyz0123456789 "
+
+    rng = random.Random(seed)
+    abc = "abcdefghijklmnopqrstuvwxyz0123456789 "
     txt = lambda k: "".join(rng.choice(abc) for _ in range(k))
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": txt(prompt_len)}],
-                               "completion": [{"role": "assistant", "content": txt(completion_len)}]} for _ in range(n)])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": txt(prompt_len)}],
+                "completion": [{"role": "assistant", "content": txt(completion_len)}],
+            }
+            for _ in range(n)
+        ]
+    )
+
 
 def sft_arm(arm: str, spec: dict) -> dict:
     "One arm of the SFT benchmark ('alignbook' or 'trl'): median time per step and peak memory."
     torch.set_num_threads(spec["threads"])
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+
+    warnings.filterwarnings("ignore")
     from alignbook.models import toy_tokenizer, toy_model
+
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = toy_tokenizer(); model = toy_model(tok, seed=0, **spec["model_kw"]).to(dev)
+    tok = toy_tokenizer()
+    model = toy_model(tok, seed=0, **spec["model_kw"]).to(dev)
     ds = fixed_length_sft_data(spec["n"], spec["prompt_len"], spec["completion_len"])
     steps, warm, times = spec["steps"], spec["warmup"], []
     if arm == "trl":
         from trl import SFTConfig, SFTTrainer
         from transformers import TrainerCallback
+
         class Timer(TrainerCallback):
-            def on_step_begin(self, *a, **k): sync(); self.t = time.perf_counter()
-            def on_step_end(self, *a, **k): sync(); times.append(time.perf_counter() - self.t)
-        args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=spec["batch"], max_steps=steps + warm,
-                         learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
-                         max_grad_norm=1.0, logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=dev == "cpu",
-                         max_length=spec["max_length"], completion_only_loss=True, packing=False, dataloader_num_workers=0,
-                         seed=0, bf16=False, gradient_checkpointing=False)
+            def on_step_begin(self, *a, **k):
+                sync()
+                self.t = time.perf_counter()
+
+            def on_step_end(self, *a, **k):
+                sync()
+                times.append(time.perf_counter() - self.t)
+
+        args = SFTConfig(
+            output_dir=tempfile.mkdtemp(),
+            per_device_train_batch_size=spec["batch"],
+            max_steps=steps + warm,
+            learning_rate=spec["lr"],
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            optim="adamw_torch",
+            max_grad_norm=1.0,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=dev == "cpu",
+            max_length=spec["max_length"],
+            completion_only_loss=True,
+            packing=False,
+            dataloader_num_workers=0,
+            seed=0,
+            bf16=False,
+            gradient_checkpointing=False,
+        )
         tr = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
         mem = PeakMemory().start()
         tr.train()
@@ -89,33 +149,79 @@ def sft_arm(arm: str, spec: dict) -> dict:
         from alignbook.data import tokenize_sft, collate_sft
         from alignbook.train import Trainer
         from alignbook.lm.sft import sft_loss_fn, completion_tokens
-        cfg = get_config("sft", "toy", batch_size=spec["batch"], lr=spec["lr"], max_steps=steps + warm, scheduler="constant",
-                         max_grad_norm=1.0, device=dev, log_every=10**6, eval_size=0)
+
+        cfg = get_config(
+            "sft",
+            "toy",
+            batch_size=spec["batch"],
+            lr=spec["lr"],
+            max_steps=steps + warm,
+            scheduler="constant",
+            max_grad_norm=1.0,
+            device=dev,
+            log_every=10**6,
+            eval_size=0,
+        )
         rows = tokenize_sft(ds, tok, spec["max_length"])
-        tr = Trainer(model, cfg, loss_fn=sft_loss_fn(), train_data=rows, collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
-                     weight_fn=completion_tokens)
+        tr = Trainer(
+            model,
+            cfg,
+            loss_fn=sft_loss_fn(),
+            train_data=rows,
+            collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
+            weight_fn=completion_tokens,
+        )
         mem = PeakMemory().start()
         for _ in range(steps + warm):
-            sync(); t0 = time.perf_counter(); tr.train_step(); sync(); times.append(time.perf_counter() - t0)
+            sync()
+            t0 = time.perf_counter()
+            tr.train_step()
+            sync()
+            times.append(time.perf_counter() - t0)
     times = times[warm:]
-    return dict(time_per_step_s=statistics.median(times), peak_mem_mb=mem.peak_mb(), steps_measured=len(times), memory=mem.how)
+    return dict(
+        time_per_step_s=statistics.median(times),
+        peak_mem_mb=mem.peak_mb(),
+        steps_measured=len(times),
+        memory=mem.how,
+    )
+
 
 def bench_sft(argv: list[str]) -> dict:
     "`alignbook bench sft [--steps 10] [--warmup 2] [--batch 16] [--hidden 256] [--layers 4]`: JSON with ratios vs TRL."
     ap = argparse.ArgumentParser(prog="alignbook bench sft")
-    ap.add_argument("--steps", type=int, default=10); ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16); ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4); ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=1); ap.add_argument("--prompt-len", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prompt-len", type=int, default=48)
     ap.add_argument("--completion-len", type=int, default=64)
     a = ap.parse_args(argv)
-    spec = dict(steps=a.steps, warmup=a.warmup, batch=a.batch, lr=1e-4, max_length=a.max_length, threads=a.threads,
-                prompt_len=a.prompt_len, completion_len=a.completion_len,
-                n=a.batch * (a.steps + a.warmup), model_kw=dict(hidden_size=a.hidden, intermediate_size=4 * a.hidden, num_hidden_layers=a.layers))
+    spec = dict(
+        steps=a.steps,
+        warmup=a.warmup,
+        batch=a.batch,
+        lr=1e-4,
+        max_length=a.max_length,
+        threads=a.threads,
+        prompt_len=a.prompt_len,
+        completion_len=a.completion_len,
+        n=a.batch * (a.steps + a.warmup),
+        model_kw=dict(hidden_size=a.hidden, intermediate_size=4 * a.hidden, num_hidden_layers=a.layers),
+    )
     res = {arm: spawn_arm("alignbook.bench", "sft_arm", arm, spec) for arm in ("trl", "alignbook")}
-    return dict(benchmark="sft", device="cuda" if torch.cuda.is_available() else "cpu",
-                setup={k: v for k, v in spec.items() if k != "model_kw"} | spec["model_kw"], arms=res,
-                ratio_time_vs_trl=ratio(res, "alignbook", "trl", "time_per_step_s"),
-                ratio_mem_vs_trl=ratio(res, "alignbook", "trl", "peak_mem_mb"), goals=dict(time_vs_trl="<= 1.0", mem_vs_trl="<= 1.0"))
+    return dict(
+        benchmark="sft",
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        setup={k: v for k, v in spec.items() if k != "model_kw"} | spec["model_kw"],
+        arms=res,
+        ratio_time_vs_trl=ratio(res, "alignbook", "trl", "time_per_step_s"),
+        ratio_mem_vs_trl=ratio(res, "alignbook", "trl", "peak_mem_mb"),
+        goals=dict(time_vs_trl="<= 1.0", mem_vs_trl="<= 1.0"),
+    )
+
 
 register_benchmark("sft", bench_sft)

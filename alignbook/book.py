@@ -15,54 +15,89 @@ def _flags(src: str) -> set[str]:
     out = set()
     for line in src.splitlines():
         s = line.strip()
-        if not s.startswith("#|"): break
+        if not s.startswith("#|"):
+            break
         out.update(w.strip(",") for w in s[2:].split() if w.strip(","))
     return out
+
 
 def prepare(nb, preset: str):
     "Inject `PRESET = preset` after the `parameters` cell; mark `#| gpu` cells as not executed outside the gpu preset."
     import nbformat
+
     for c in nb.cells:
         if c.cell_type == "code" and "gpu" in _flags(c.source) and preset != "gpu":
             c.metadata["skip_execution"] = True
     for i, c in enumerate(nb.cells):
         if "parameters" in c.metadata.get("tags", []):
-            inj = nbformat.v4.new_code_cell(f"# injected by `alignbook book --preset {preset}`\nPRESET = {preset!r}")
+            inj = nbformat.v4.new_code_cell(
+                f"# injected by `alignbook book --preset {preset}`\nPRESET = {preset!r}"
+            )
             inj.metadata["tags"] = ["injected-parameters"]
-            nb.cells.insert(i + 1, inj); break
+            nb.cells.insert(i + 1, inj)
+            break
     return nb
 
 # %% ../nbs/91_book.ipynb #5b970fd6
 def _execute(nb, path: Path, timeout: int):
     from nbclient import NotebookClient
+
     skipped = [c for c in nb.cells if c.metadata.get("skip_execution")]
     keep = {id(c): c.source for c in skipped}
-    for c in skipped: c.source = "# (gpu preset only: not executed in this preset)\n" + "\n".join("# " + l for l in c.source.splitlines())
-    try: NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    for c in skipped:
+        c.source = "# (gpu preset only: not executed in this preset)\n" + "\n".join(
+            "# " + l for l in c.source.splitlines()
+        )
+    try:
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
     finally:
-        for c in skipped: c.source = keep[id(c)]
+        for c in skipped:
+            c.source = keep[id(c)]
 
-def build_book(preset: str = "toy", nbs="nbs", out="_book", only: list[str] | None = None, timeout: int = 900) -> list[dict]:
+
+def build_book(
+    preset: str = "toy", nbs="nbs", out="_book", only: list[str] | None = None, timeout: int = 900
+) -> list[dict]:
     "Execute the notebooks in `nbs` in `preset` and write HTML pages plus an index into `out`."
     import nbformat  # the book tools (nbformat, nbclient, nbconvert) come with the dev extras
     from nbconvert import HTMLExporter
-    nbs, out = Path(nbs), Path(out); out.mkdir(parents=True, exist_ok=True)
+
+    nbs, out = Path(nbs), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in nbs.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-    if only: files = [p for p in files if any(fnmatch.fnmatch(p.name, pat) or pat in p.name for pat in only)]
+    if only:
+        files = [p for p in files if any(fnmatch.fnmatch(p.name, pat) or pat in p.name for pat in only)]
     results = []
     for p in files:
         nb = prepare(nbformat.read(p, as_version=4), preset)
-        t0 = time.time(); err = None
-        try: _execute(nb, p, timeout)
-        except Exception as e: err = f"{type(e).__name__}: {str(e)[-2000:]}"
+        t0 = time.time()
+        err = None
+        try:
+            _execute(nb, p, timeout)
+        except Exception as e:
+            err = f"{type(e).__name__}: {str(e)[-2000:]}"
         dt = time.time() - t0
         body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-        page = out / (p.stem + ".html"); page.write_text(body)
-        nbformat.write(nb, out / p.name)   # the executed notebook, outputs included
-        results.append({"notebook": str(p), "html": page.name, "seconds": round(dt, 1), "ok": err is None, "error": err})
-        print(f"{'ok ' if err is None else 'ERR'} {dt:6.1f}s  {p.name}" + (f"\n    {err.splitlines()[-1]}" if err else ""), flush=True)
-    rows = "\n".join(f"<tr><td><a href='{r['html']}'>{html.escape(Path(r['notebook']).stem)}</a></td><td>{r['seconds']} s</td>"
-                     f"<td>{'ok' if r['ok'] else 'failed: ' + html.escape((r['error'] or '').splitlines()[-1] if r['error'] else '')}</td></tr>" for r in results)
-    (out / "index.html").write_text(f"<html><head><meta charset='utf-8'><title>alignbook ({preset})</title></head><body>"
-                                    f"<h1>alignbook — executed in the {preset} preset</h1><table>{rows}</table></body></html>")
+        page = out / (p.stem + ".html")
+        page.write_text(body)
+        nbformat.write(nb, out / p.name)  # the executed notebook, outputs included
+        results.append(
+            {"notebook": str(p), "html": page.name, "seconds": round(dt, 1), "ok": err is None, "error": err}
+        )
+        print(
+            f"{'ok ' if err is None else 'ERR'} {dt:6.1f}s  {p.name}"
+            + (f"\n    {err.splitlines()[-1]}" if err else ""),
+            flush=True,
+        )
+    rows = "\n".join(
+        f"<tr><td><a href='{r['html']}'>{html.escape(Path(r['notebook']).stem)}</a></td><td>{r['seconds']} s</td>"
+        f"<td>{'ok' if r['ok'] else 'failed: ' + html.escape((r['error'] or '').splitlines()[-1] if r['error'] else '')}</td></tr>"
+        for r in results
+    )
+    (out / "index.html").write_text(
+        f"<html><head><meta charset='utf-8'><title>alignbook ({preset})</title></head><body>"
+        f"<h1>alignbook — executed in the {preset} preset</h1><table>{rows}</table></body></html>"
+    )
     return results

@@ -6,34 +6,55 @@
 from __future__ import annotations
 import argparse, json, os, sys, time
 from pathlib import Path
-from .config import (OBJECTIVES, BENCHMARKS, EVALUATORS, PRESETS, load_plugins, get_config, parse_overrides, resolve_preset)
+from alignbook.config import (
+    OBJECTIVES,
+    BENCHMARKS,
+    EVALUATORS,
+    PRESETS,
+    load_plugins,
+    get_config,
+    parse_overrides,
+    resolve_preset,
+)
 
 # %% auto #0
 __all__ = ['cmd_list', 'cmd_train', 'cmd_bench', 'cmd_eval', 'cmd_build_base', 'cmd_book', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #80d87390
 def _json_default(o):
-    try: return float(o)
-    except Exception: return str(o)
+    try:
+        return float(o)
+    except Exception:
+        return str(o)
+
 
 def _print_json(d: dict):
-    print(json.dumps({k: v for k, v in d.items() if k not in ("model", "history")}, indent=1, default=_json_default))
+    print(
+        json.dumps(
+            {k: v for k, v in d.items() if k not in ("model", "history")}, indent=1, default=_json_default
+        )
+    )
+
 
 def cmd_list(args) -> int:
     load_plugins()
     print("objectives (alignbook train NAME --preset toy|gpu):")
     for name, o in sorted(OBJECTIVES.items()):
-        if not name.startswith("_"): print(f"  {name:<16} {o.help}")
+        if not name.startswith("_"):
+            print(f"  {name:<16} {o.help}")
     print("presets:", ", ".join(PRESETS))
     print("benchmarks (alignbook bench NAME):", ", ".join(sorted(BENCHMARKS)) or "(none)")
     print("evaluators (alignbook eval NAME):", ", ".join(sorted(EVALUATORS)) or "(none)")
     return 0
 
+
 def cmd_train(args) -> int:
     overrides = parse_overrides(args.overrides)
-    if args.out: overrides["out_dir"] = args.out
+    if args.out:
+        overrides["out_dir"] = args.out
     cfg = get_config(args.objective, args.preset, **overrides)
-    if not cfg.out_dir: cfg = cfg.replace(out_dir=f"runs/{args.objective}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not cfg.out_dir:
+        cfg = cfg.replace(out_dir=f"runs/{args.objective}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     print(f"training {args.objective} ({cfg.preset} preset) → {cfg.out_dir}", file=sys.stderr)
@@ -41,57 +62,85 @@ def cmd_train(args) -> int:
     _print_json(out if isinstance(out, dict) else {"result": out})
     return 0
 
+
 def _registered(table: dict, kind: str, name: str):
     load_plugins()
-    if name not in table: raise SystemExit(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table)) or '(none registered)'}")
+    if name not in table:
+        raise SystemExit(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table)) or '(none registered)'}")
     return table[name]
 
+
 def cmd_bench(args) -> int:
-    _print_json(_registered(BENCHMARKS, "benchmark", args.name)(args.rest)); return 0
+    _print_json(_registered(BENCHMARKS, "benchmark", args.name)(args.rest))
+    return 0
+
 
 def cmd_eval(args) -> int:
-    _print_json(_registered(EVALUATORS, "evaluator", args.name)(args.rest)); return 0
+    _print_json(_registered(EVALUATORS, "evaluator", args.name)(args.rest))
+    return 0
+
 
 def cmd_build_base(args) -> int:
     from alignbook.toybase import build_toy_base
+
     out = build_toy_base(args.out) if args.out else build_toy_base()
-    print((Path(out) / "BUILD.json").read_text()); return 0
+    print((Path(out) / "BUILD.json").read_text())
+    return 0
+
 
 def cmd_book(args) -> int:
     from alignbook.book import build_book
+
     res = build_book(preset=args.preset, nbs=args.nbs, out=args.out, only=args.only, timeout=args.timeout)
     return 0 if all(r["ok"] for r in res) else 1
 
 # %% ../nbs/90_cli.ipynb #b653ba5c
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alignbook", description="Post-training generative models, from the notebooks of alignbook.")
+    p = argparse.ArgumentParser(
+        prog="alignbook", description="Post-training generative models, from the notebooks of alignbook."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="objectives, presets, benchmarks, evaluators").set_defaults(fn=cmd_list)
-    t = sub.add_parser("train", help="train an objective: alignbook train dpo --preset toy --out runs/dpo lr=1e-4")
-    t.add_argument("objective"); t.add_argument("--preset", default=None, help=f"one of {PRESETS} (default: $ALIGNBOOK_PRESET or toy)")
+    t = sub.add_parser(
+        "train", help="train an objective: alignbook train dpo --preset toy --out runs/dpo lr=1e-4"
+    )
+    t.add_argument("objective")
+    t.add_argument("--preset", default=None, help=f"one of {PRESETS} (default: $ALIGNBOOK_PRESET or toy)")
     t.add_argument("--out", default=None, help="output directory (metrics.jsonl, checkpoints, final model)")
-    t.add_argument("overrides", nargs="*", help="config overrides key=value"); t.set_defaults(fn=cmd_train)
+    t.add_argument("overrides", nargs="*", help="config overrides key=value")
+    t.set_defaults(fn=cmd_train)
     for name, fn, kind in (("bench", cmd_bench, "benchmark"), ("eval", cmd_eval, "evaluator")):
-        s = sub.add_parser(name, help=f"run a registered {kind}"); s.add_argument("name")
-        s.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments for the {kind}"); s.set_defaults(fn=fn)
+        s = sub.add_parser(name, help=f"run a registered {kind}")
+        s.add_argument("name")
+        s.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments for the {kind}")
+        s.set_defaults(fn=fn)
     b = sub.add_parser("book", help="execute the notebooks headless in a preset and render HTML into _book/")
-    b.add_argument("--preset", default="toy"); b.add_argument("--nbs", default="nbs"); b.add_argument("--out", default="_book")
+    b.add_argument("--preset", default="toy")
+    b.add_argument("--nbs", default="nbs")
+    b.add_argument("--out", default="_book")
     b.add_argument("--only", nargs="*", default=None, help="notebook name patterns to run (default: all)")
-    b.add_argument("--timeout", type=int, default=900, help="per-cell timeout in seconds"); b.set_defaults(fn=cmd_book)
+    b.add_argument("--timeout", type=int, default=900, help="per-cell timeout in seconds")
+    b.set_defaults(fn=cmd_book)
     bb = sub.add_parser("build-base", help="rebuild the pretrained toy base model bit for bit")
-    bb.add_argument("--out", default=None, help="where to write it (default: the package's assets/toy-base)"); bb.set_defaults(fn=cmd_build_base)
+    bb.add_argument("--out", default=None, help="where to write it (default: the package's assets/toy-base)")
+    bb.set_defaults(fn=cmd_build_base)
     return p
+
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `alignbook` command."
     p = parser()
-    args, extra = p.parse_known_args(argv)   # overrides may follow options: train sft --out d lr=1e-4
+    args, extra = p.parse_known_args(argv)  # overrides may follow options: train sft --out d lr=1e-4
     if extra:
-        if args.cmd != "train" or any(a.startswith("-") for a in extra): p.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.cmd != "train" or any(a.startswith("-") for a in extra):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    try: return args.fn(args)
+    try:
+        return args.fn(args)
     except (ValueError, KeyError) as e:
-        print(f"alignbook: error: {e}", file=sys.stderr); return 2
+        print(f"alignbook: error: {e}", file=sys.stderr)
+        return 2
 
 # %% ../nbs/90_cli.ipynb #f8f6be2c
-if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # `python -m alignbook.cli` (not in a notebook)
+if __name__ == "__main__" and "__file__" in globals():
+    sys.exit(main())  # `python -m alignbook.cli` (not in a notebook)

@@ -18,107 +18,175 @@ PRESETS = ("toy", "gpu")
 
 COMMON = {
     # what to train
-    "objective": None, "preset": "toy", "seed": 0,
-    "model": "toy-base", "ref_model": None, "dataset": None,
-    "max_length": 128, "max_prompt_length": 96,
+    "objective": None,
+    "preset": "toy",
+    "seed": 0,
+    "model": "toy-base",
+    "ref_model": None,
+    "dataset": None,
+    "max_length": 128,
+    "max_prompt_length": 96,
     # optimisation
-    "batch_size": 32, "grad_accum": 1, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0,
-    "max_steps": 100, "scheduler": "constant", "max_grad_norm": 1.0,
-    "mixed_precision": "no", "gradient_checkpointing": False,
+    "batch_size": 32,
+    "grad_accum": 1,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+    "max_steps": 100,
+    "scheduler": "constant",
+    "max_grad_norm": 1.0,
+    "mixed_precision": "no",
+    "gradient_checkpointing": False,
     # LoRA (peft)
-    "lora": False, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_targets": "all-linear",
+    "lora": False,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "lora_targets": "all-linear",
     # bookkeeping
-    "out_dir": None, "log_every": 10, "save_every": 0, "eval_every": 0, "eval_size": 64, "device": "auto",
+    "out_dir": None,
+    "log_every": 10,
+    "save_every": 0,
+    "eval_every": 0,
+    "eval_size": 64,
+    "device": "auto",
 }
 
 GPU_COMMON = {
-    "model": "Qwen/Qwen2.5-0.5B-Instruct", "max_length": 1024, "max_prompt_length": 512,
-    "batch_size": 8, "grad_accum": 4, "lr": 1e-5, "warmup_steps": 50, "max_steps": 1000,
-    "scheduler": "cosine", "mixed_precision": "bf16", "gradient_checkpointing": True,
-    "lora": True, "log_every": 10, "save_every": 200, "eval_every": 200, "eval_size": 234,
+    "model": "Qwen/Qwen2.5-0.5B-Instruct",
+    "max_length": 1024,
+    "max_prompt_length": 512,
+    "batch_size": 8,
+    "grad_accum": 4,
+    "lr": 1e-5,
+    "warmup_steps": 50,
+    "max_steps": 1000,
+    "scheduler": "cosine",
+    "mixed_precision": "bf16",
+    "gradient_checkpointing": True,
+    "lora": True,
+    "log_every": 10,
+    "save_every": 200,
+    "eval_every": 200,
+    "eval_size": 234,
 }
 
 # %% ../nbs/00_config.ipynb #75e70149
 class Config(dict):
     "A dict of settings with attribute access; unknown keys are errors."
+
     def __getattr__(self, k):
-        try: return self[k]
-        except KeyError: raise AttributeError(f"config has no key {k!r}; valid keys: {', '.join(sorted(self))}") from None
+        try:
+            return self[k]
+        except KeyError:
+            raise AttributeError(f"config has no key {k!r}; valid keys: {', '.join(sorted(self))}") from None
+
     def __setattr__(self, k, v):
-        if k not in self: raise KeyError(f"unknown config key {k!r}; valid keys: {', '.join(sorted(self))}")
+        if k not in self:
+            raise KeyError(f"unknown config key {k!r}; valid keys: {', '.join(sorted(self))}")
         self[k] = v
+
     def replace(self, **kw) -> "Config":
         "A copy with `kw` changed; unknown keys raise."
         bad = [k for k in kw if k not in self]
-        if bad: raise KeyError(f"unknown config key(s) {bad}; valid keys: {', '.join(sorted(self))}")
+        if bad:
+            raise KeyError(f"unknown config key(s) {bad}; valid keys: {', '.join(sorted(self))}")
         return Config({**copy.deepcopy(dict(self)), **kw})
-    def to_dict(self) -> dict: return copy.deepcopy(dict(self))
-    def __repr__(self): return "Config(" + json.dumps(self, indent=1, default=str) + ")"
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(dict(self))
+
+    def __repr__(self):
+        return "Config(" + json.dumps(self, indent=1, default=str) + ")"
 
 # %% ../nbs/00_config.ipynb #5d9a2d5e
 @dataclass
 class Objective:
     "A trainable objective: a train function and its preset defaults."
+
     name: str
     train: Callable
     toy: dict = field(default_factory=dict)
     gpu: dict = field(default_factory=dict)
     help: str = ""
 
+
 OBJECTIVES: dict[str, Objective] = {}
 BENCHMARKS: dict[str, Callable] = {}
 EVALUATORS: dict[str, Callable] = {}
 
-def register_objective(name: str, train_fn: Callable, *, toy: dict | None = None, gpu: dict | None = None, help: str = ""):
+
+def register_objective(
+    name: str, train_fn: Callable, *, toy: dict | None = None, gpu: dict | None = None, help: str = ""
+):
     "Make `name` trainable from `get_config`/`alignbook train`; `toy`/`gpu` add or override keys."
     OBJECTIVES[name] = Objective(name, train_fn, dict(toy or {}), dict(gpu or {}), help)
     return train_fn
 
+
 def register_benchmark(name: str, fn: Callable):
     "Make `alignbook bench name` call `fn(argv) -> dict`."
-    BENCHMARKS[name] = fn; return fn
+    BENCHMARKS[name] = fn
+    return fn
+
 
 def register_evaluator(name: str, fn: Callable):
     "Make `alignbook eval name` call `fn(argv) -> dict`."
-    EVALUATORS[name] = fn; return fn
+    EVALUATORS[name] = fn
+    return fn
 
 # %% ../nbs/00_config.ipynb #93159dd6
 _PLUGIN_PACKAGES = ("alignbook.lm", "alignbook.diffusion")
 _PLUGIN_MODULES = ("alignbook.bench",)
 
+
 def load_plugins(packages=_PLUGIN_PACKAGES) -> dict[str, Objective]:
     "Import every chapter module so its objectives, benchmarks and evaluators register."
-    for m in _PLUGIN_MODULES: importlib.import_module(m)
+    for m in _PLUGIN_MODULES:
+        importlib.import_module(m)
     for pkg_name in packages:
-        try: pkg = importlib.import_module(pkg_name)
-        except ModuleNotFoundError: continue
+        try:
+            pkg = importlib.import_module(pkg_name)
+        except ModuleNotFoundError:
+            continue
         for m in pkgutil.iter_modules(pkg.__path__, pkg_name + "."):
-            if not m.name.rsplit(".", 1)[-1].startswith("_"): importlib.import_module(m.name)
+            if not m.name.rsplit(".", 1)[-1].startswith("_"):
+                importlib.import_module(m.name)
     return OBJECTIVES
 
 # %% ../nbs/00_config.ipynb #c58f57b9
 def resolve_preset(preset: str | None = None) -> str:
     "The preset to use: `$ALIGNBOOK_PRESET` if set, else `preset`, else 'toy'."
     p = os.environ.get("ALIGNBOOK_PRESET") or preset or "toy"
-    if p not in PRESETS: raise ValueError(f"unknown preset {p!r}; valid presets: {', '.join(PRESETS)}")
+    if p not in PRESETS:
+        raise ValueError(f"unknown preset {p!r}; valid presets: {', '.join(PRESETS)}")
     return p
 
+
 def _objective(name: str) -> Objective:
-    if name not in OBJECTIVES: load_plugins()
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; valid objectives: {', '.join(sorted(OBJECTIVES)) or '(none registered)'}")
+        load_plugins()
+    if name not in OBJECTIVES:
+        raise ValueError(
+            f"unknown objective {name!r}; valid objectives: {', '.join(sorted(OBJECTIVES)) or '(none registered)'}"
+        )
     return OBJECTIVES[name]
+
 
 def get_config(objective: str, preset: str | None = None, **overrides) -> Config:
     "The config for `objective` in `preset` (see `resolve_preset`), with `overrides` applied."
     preset = resolve_preset(preset)
     obj = _objective(objective)
     d = dict(COMMON)
-    if preset == "gpu": d.update(GPU_COMMON)
+    if preset == "gpu":
+        d.update(GPU_COMMON)
     d.update(obj.toy if preset == "toy" else {**obj.toy, **obj.gpu})
     d.update(objective=objective, preset=preset)
     bad = [k for k in overrides if k not in d]
-    if bad: raise ValueError(f"unknown config key(s) {bad} for objective {objective!r}; valid keys: {', '.join(sorted(d))}")
+    if bad:
+        raise ValueError(
+            f"unknown config key(s) {bad} for objective {objective!r}; valid keys: {', '.join(sorted(d))}"
+        )
     d.update(overrides)
     return Config(d)
 
@@ -126,17 +194,23 @@ def get_config(objective: str, preset: str | None = None, **overrides) -> Config
 def parse_value(s: str) -> Any:
     "Parse a command-line value: JSON if possible (numbers, true/false/null, lists), else the string."
     low = s.strip().lower()
-    if low in ("true", "false", "null", "none"): return {"true": True, "false": False}.get(low)
-    try: return json.loads(s)
-    except (ValueError, TypeError): return s
+    if low in ("true", "false", "null", "none"):
+        return {"true": True, "false": False}.get(low)
+    try:
+        return json.loads(s)
+    except (ValueError, TypeError):
+        return s
+
 
 def parse_overrides(args: list[str]) -> dict:
     "Turn ['lr=1e-4', 'lora=true'] into {'lr': 1e-4, 'lora': True}."
     out = {}
     for a in args:
-        if "=" not in a: raise ValueError(f"override {a!r} is not of the form key=value (e.g. lr=1e-4)")
+        if "=" not in a:
+            raise ValueError(f"override {a!r} is not of the form key=value (e.g. lr=1e-4)")
         k, v = a.split("=", 1)
-        if not k.strip(): raise ValueError(f"override {a!r} has an empty key")
+        if not k.strip():
+            raise ValueError(f"override {a!r} has an empty key")
         out[k.strip()] = parse_value(v)
     return out
 
@@ -145,6 +219,9 @@ def check_layering(fn: Callable) -> str:
     "Check a student's layering function `fn(common, objective_defaults, overrides) -> dict`."
     common, obj = {"lr": 1.0, "beta": None}, {"beta": 0.1}
     assert fn(common, obj, {"lr": 2.0}) == {"lr": 2.0, "beta": 0.1}, "later layers must win"
-    try: fn(common, obj, {"lrr": 1}); raise AssertionError("an unknown key must raise")
-    except (KeyError, ValueError): pass
+    try:
+        fn(common, obj, {"lrr": 1})
+        raise AssertionError("an unknown key must raise")
+    except (KeyError, ValueError):
+        pass
     return "correct"

@@ -12,84 +12,132 @@ __all__ = ['KINDS', 'ROLES', 'DataFormatError', 'validate_dataset', 'render_prom
            'tokenize_preference', 'tokenize_unpaired', 'pad', 'collate_sft', 'collate_preference']
 
 # %% ../nbs/03_data.ipynb #f4787f4e
-KINDS = {"sft": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"),
-         "unpaired": ("prompt", "completion", "label")}
+KINDS = {
+    "sft": ("prompt", "completion"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+}
 ROLES = ("system", "user", "assistant", "tool")
+
 
 class DataFormatError(ValueError):
     "A dataset row does not fit the expected format; the message names the row, the field and the fix."
 
+
 def _rows(ds) -> Iterable[dict]:
     return ds if isinstance(ds, (list, tuple)) else (ds[i] for i in range(len(ds)))
 
+
 def _columns(ds) -> list[str]:
-    if hasattr(ds, "column_names"): return list(ds.column_names)
+    if hasattr(ds, "column_names"):
+        return list(ds.column_names)
     return list(ds[0].keys()) if len(ds) else []
 
 # %% ../nbs/03_data.ipynb #aed42346
 def _check_text(v: Any, i: int, field: str, allow_empty: bool = False):
     if isinstance(v, str):
         if not allow_empty and not v.strip():
-            raise DataFormatError(f"row {i}, field {field!r}: empty text; drop the row or fill in the {field}")
+            raise DataFormatError(
+                f"row {i}, field {field!r}: empty text; drop the row or fill in the {field}"
+            )
         return "standard"
     if isinstance(v, list):
         if not v and not allow_empty:
-            raise DataFormatError(f"row {i}, field {field!r}: empty message list; drop the row or add a message")
+            raise DataFormatError(
+                f"row {i}, field {field!r}: empty message list; drop the row or add a message"
+            )
         for j, m in enumerate(v):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise DataFormatError(f"row {i}, field {field!r}, message {j}: expected a dict with 'role' and 'content', got {m!r:.80}")
+                raise DataFormatError(
+                    f"row {i}, field {field!r}, message {j}: expected a dict with 'role' and 'content', got {m!r:.80}"
+                )
             if m["role"] not in ROLES:
-                raise DataFormatError(f"row {i}, field {field!r}, message {j}: unknown role {m['role']!r}; use one of {ROLES}")
+                raise DataFormatError(
+                    f"row {i}, field {field!r}, message {j}: unknown role {m['role']!r}; use one of {ROLES}"
+                )
             if not isinstance(m["content"], str):
-                raise DataFormatError(f"row {i}, field {field!r}, message {j}: 'content' must be a string, got {type(m['content']).__name__}")
+                raise DataFormatError(
+                    f"row {i}, field {field!r}, message {j}: 'content' must be a string, got {type(m['content']).__name__}"
+                )
         if not allow_empty and not any(m["content"].strip() for m in v):
-            raise DataFormatError(f"row {i}, field {field!r}: all messages are empty; drop the row or fill in the {field}")
+            raise DataFormatError(
+                f"row {i}, field {field!r}: all messages are empty; drop the row or fill in the {field}"
+            )
         return "conversational"
-    raise DataFormatError(f"row {i}, field {field!r}: expected a string or a list of {{role, content}} messages, got {type(v).__name__}")
+    raise DataFormatError(
+        f"row {i}, field {field!r}: expected a string or a list of {{role, content}} messages, got {type(v).__name__}"
+    )
+
 
 def validate_dataset(ds, kind: str, tokenizer=None, max_length: int | None = None) -> str:
     "Check `ds` (a Dataset or list of dicts) is `kind` data; return 'standard' or 'conversational'."
-    if kind not in KINDS: raise ValueError(f"unknown data kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-    need = KINDS[kind]; cols = _columns(ds)
+    if kind not in KINDS:
+        raise ValueError(f"unknown data kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    need = KINDS[kind]
+    cols = _columns(ds)
     missing = [c for c in need if c not in cols]
     if missing:
-        raise DataFormatError(f"{kind} data needs columns {list(need)}; missing {missing} (found {cols}). "
-                              f"Rename your columns, e.g. ds.rename_column('question', 'prompt')")
-    if len(ds) == 0: raise DataFormatError(f"{kind} dataset is empty")
+        raise DataFormatError(
+            f"{kind} data needs columns {list(need)}; missing {missing} (found {cols}). "
+            f"Rename your columns, e.g. ds.rename_column('question', 'prompt')"
+        )
+    if len(ds) == 0:
+        raise DataFormatError(f"{kind} dataset is empty")
     if tokenizer is not None and tokenizer.pad_token_id is None:
-        raise DataFormatError("tokenizer has no pad token: set `tokenizer.pad_token = tokenizer.eos_token` (or add one)")
+        raise DataFormatError(
+            "tokenizer has no pad token: set `tokenizer.pad_token = tokenizer.eos_token` (or add one)"
+        )
     style = None
     for i, r in enumerate(_rows(ds)):
         styles = {f: _check_text(r[f], i, f, allow_empty=(f == "prompt")) for f in need if f != "label"}
         if len(set(styles.values())) > 1:
-            raise DataFormatError(f"row {i}: mixes standard (string) and conversational (message list) fields {styles}; use one format")
+            raise DataFormatError(
+                f"row {i}: mixes standard (string) and conversational (message list) fields {styles}; use one format"
+            )
         s = next(iter(styles.values()))
-        if style is None: style = s
-        elif s != style: raise DataFormatError(f"row {i}: is {s} but earlier rows are {style}; use one format for the whole dataset")
+        if style is None:
+            style = s
+        elif s != style:
+            raise DataFormatError(
+                f"row {i}: is {s} but earlier rows are {style}; use one format for the whole dataset"
+            )
         if kind == "unpaired" and not isinstance(r["label"], bool):
-            raise DataFormatError(f"row {i}, field 'label': expected True (desirable) or False (undesirable), got {r['label']!r}")
+            raise DataFormatError(
+                f"row {i}, field 'label': expected True (desirable) or False (undesirable), got {r['label']!r}"
+            )
         if tokenizer is not None and max_length is not None:
-            n = len(tokenizer(render_prompt(r["prompt"], tokenizer), add_special_tokens=(s == "standard")).input_ids)
+            n = len(
+                tokenizer(
+                    render_prompt(r["prompt"], tokenizer), add_special_tokens=(s == "standard")
+                ).input_ids
+            )
             if n >= max_length:
-                raise DataFormatError(f"row {i}, field 'prompt': {n} tokens, not shorter than max_length={max_length}; "
-                                      f"raise max_length, shorten the prompt, or filter long rows out")
+                raise DataFormatError(
+                    f"row {i}, field 'prompt': {n} tokens, not shorter than max_length={max_length}; "
+                    f"raise max_length, shorten the prompt, or filter long rows out"
+                )
     return style
 
 # %% ../nbs/03_data.ipynb #a5b47d9a
 def render_prompt(prompt, tokenizer) -> str:
     "Prompt text: the chat template with a generation prompt for messages, else the string itself."
-    if isinstance(prompt, str): return prompt
+    if isinstance(prompt, str):
+        return prompt
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
 
 def render_example(prompt, completion, tokenizer) -> tuple[str, str]:
     "(prompt_text, completion_text) for one example; the completion ends with the end-of-turn/EOS token."
     p = render_prompt(prompt, tokenizer)
-    if isinstance(completion, str): return p, completion + (tokenizer.eos_token or "")
+    if isinstance(completion, str):
+        return p, completion + (tokenizer.eos_token or "")
     full = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
     if not full.startswith(p):
-        raise DataFormatError("the chat template renders the prompt differently inside the full conversation; "
-                              "use a template whose prompt with add_generation_prompt=True is a prefix of the conversation")
-    return p, full[len(p):]
+        raise DataFormatError(
+            "the chat template renders the prompt differently inside the full conversation; "
+            "use a template whose prompt with add_generation_prompt=True is a prefix of the conversation"
+        )
+    return p, full[len(p) :]
 
 # %% ../nbs/03_data.ipynb #3f31531b
 def _encode(prompt, completion, tokenizer, max_length: int, style: str) -> tuple[list[int], list[int]]:
@@ -98,6 +146,7 @@ def _encode(prompt, completion, tokenizer, max_length: int, style: str) -> tuple
     c_ids = tokenizer(c, add_special_tokens=False).input_ids
     c_ids = c_ids[: max(0, max_length - len(p_ids))]
     return p_ids + c_ids, [0] * len(p_ids) + [1] * len(c_ids)
+
 
 def tokenize_sft(ds, tokenizer, max_length: int) -> list[dict]:
     "Validate and tokenise prompt/completion rows into input_ids + completion_mask."
@@ -108,6 +157,7 @@ def tokenize_sft(ds, tokenizer, max_length: int) -> list[dict]:
         out.append({"input_ids": ids, "completion_mask": mask})
     return out
 
+
 def tokenize_preference(ds, tokenizer, max_length: int, keep: tuple[str, ...] = ()) -> list[dict]:
     "Validate and tokenise prompt/chosen/rejected rows; `keep` copies extra numeric columns."
     style = validate_dataset(ds, "preference", tokenizer, max_length)
@@ -115,9 +165,17 @@ def tokenize_preference(ds, tokenizer, max_length: int, keep: tuple[str, ...] = 
     for r in _rows(ds):
         c_ids, c_mask = _encode(r["prompt"], r["chosen"], tokenizer, max_length, style)
         r_ids, r_mask = _encode(r["prompt"], r["rejected"], tokenizer, max_length, style)
-        out.append({"chosen_ids": c_ids, "chosen_mask": c_mask, "rejected_ids": r_ids, "rejected_mask": r_mask,
-                    **{k: r[k] for k in keep}})
+        out.append(
+            {
+                "chosen_ids": c_ids,
+                "chosen_mask": c_mask,
+                "rejected_ids": r_ids,
+                "rejected_mask": r_mask,
+                **{k: r[k] for k in keep},
+            }
+        )
     return out
+
 
 def tokenize_unpaired(ds, tokenizer, max_length: int) -> list[dict]:
     "Validate and tokenise prompt/completion/label rows (KTO)."
@@ -134,20 +192,32 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     T = max(len(s) for s in seqs)
     return torch.tensor([list(s) + [value] * (T - len(s)) for s in seqs], dtype=torch.long)
 
+
 _SEQ_KEYS = {"input_ids", "completion_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask"}
+
 
 def _extras(rows: list[dict]) -> dict:
     return {k: torch.tensor([r[k] for r in rows]) for k in rows[0] if k not in _SEQ_KEYS}
 
+
 def collate_sft(rows: list[dict], pad_id: int) -> dict:
     "Batch tokenised SFT/unpaired rows: input_ids, attention_mask, completion_mask (+ extras such as label)."
     ids = [r["input_ids"] for r in rows]
-    return {"input_ids": pad(ids, pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
-            "completion_mask": pad([r["completion_mask"] for r in rows], 0), **_extras(rows)}
+    return {
+        "input_ids": pad(ids, pad_id),
+        "attention_mask": pad([[1] * len(s) for s in ids], 0),
+        "completion_mask": pad([r["completion_mask"] for r in rows], 0),
+        **_extras(rows),
+    }
+
 
 def collate_preference(rows: list[dict], pad_id: int) -> dict:
     "Batch preference rows as one (2B, T) batch: chosen rows first, then rejected rows."
     ids = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
     masks = [r["chosen_mask"] for r in rows] + [r["rejected_mask"] for r in rows]
-    return {"input_ids": pad(ids, pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
-            "completion_mask": pad(masks, 0), **_extras(rows)}
+    return {
+        "input_ids": pad(ids, pad_id),
+        "attention_mask": pad([[1] * len(s) for s in ids], 0),
+        "completion_mask": pad(masks, 0),
+        **_extras(rows),
+    }

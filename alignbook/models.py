@@ -8,8 +8,14 @@ import os, json
 from pathlib import Path
 import torch
 from tokenizers import Tokenizer, Regex, models as tok_models, decoders, pre_tokenizers
-from transformers import (PreTrainedTokenizerFast, AutoTokenizer, AutoModelForCausalLM, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedModel)
+from transformers import (
+    PreTrainedTokenizerFast,
+    AutoTokenizer,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'TOY_LLAMA', 'TOY_BASE', 'ASSETS', 'DTYPES', 'toy_tokenizer', 'toy_model',
@@ -18,8 +24,11 @@ __all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'TOY_LLAMA', 'TOY_BASE', 'ASSETS',
 
 # %% ../nbs/02_models.ipynb #1d0475ee
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
 
 def toy_tokenizer() -> PreTrainedTokenizerFast:
     "Character-level tokenizer: printable ASCII + newline, pad/unk/eos and chat-role special tokens."
@@ -28,45 +37,77 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(tok_models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>", unk_token="<|unk|>",
-                                additional_special_tokens=SPECIAL_TOKENS[3:], model_max_length=512)
+    t = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        eos_token="<|end|>",
+        unk_token="<|unk|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+        model_max_length=512,
+    )
     t.chat_template = CHAT_TEMPLATE
     return t
 
 # %% ../nbs/02_models.ipynb #387ab37c
-TOY_LLAMA = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
-                 tie_word_embeddings=True, attention_dropout=0.0, initializer_range=0.02)
+TOY_LLAMA = dict(
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    tie_word_embeddings=True,
+    attention_dropout=0.0,
+    initializer_range=0.02,
+)
 
-def toy_model(tokenizer: PreTrainedTokenizerFast | None = None, seed: int | None = 0, **llama_kw) -> LlamaForCausalLM:
+
+def toy_model(
+    tokenizer: PreTrainedTokenizerFast | None = None, seed: int | None = 0, **llama_kw
+) -> LlamaForCausalLM:
     "A freshly initialised tiny LlamaForCausalLM for `tokenizer` (default: `toy_tokenizer()`)."
     tokenizer = tokenizer or toy_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      bos_token_id=None, **{**TOY_LLAMA, **llama_kw})
-    if seed is not None: torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **{**TOY_LLAMA, **llama_kw},
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
     m = LlamaForCausalLM(cfg)
     m.generation_config.pad_token_id = tokenizer.pad_token_id
     m.generation_config.eos_token_id = tokenizer.eos_token_id
     return m.eval()
 
+
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     "Number of (trainable) parameters, shared tensors counted once."
     seen, n = set(), 0
     for p in model.parameters():
-        if id(p) in seen or (trainable_only and not p.requires_grad): continue
-        seen.add(id(p)); n += p.numel()
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        n += p.numel()
     return n
 
 # %% ../nbs/02_models.ipynb #e8bd7033
 TOY_BASE = "toy-base"
 ASSETS = Path(__file__).parent / "assets" if "__file__" in globals() else Path("../alignbook/assets")
 
+
 def toy_base_path() -> Path:
     "Directory of the pretrained toy base (`$ALIGNBOOK_TOY_BASE` overrides the shipped copy)."
     p = Path(os.environ.get("ALIGNBOOK_TOY_BASE") or ASSETS / "toy-base")
     if not (p / "model.safetensors").exists():
-        raise FileNotFoundError(f"no toy base model at {p}: run `alignbook build-base` (or unset ALIGNBOOK_TOY_BASE)")
+        raise FileNotFoundError(
+            f"no toy base model at {p}: run `alignbook build-base` (or unset ALIGNBOOK_TOY_BASE)"
+        )
     return p
+
 
 def resolve_model_path(name_or_path: str) -> str:
     "Map the toy zoo's names to local directories; anything else is a Hugging Face id or a path."
@@ -75,43 +116,76 @@ def resolve_model_path(name_or_path: str) -> str:
 # %% ../nbs/02_models.ipynb #873539e9
 DTYPES = {"no": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     "Tokenizer for a zoo name, a local directory or a Hub id, with a pad token guaranteed."
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an eos token: set `tokenizer.pad_token` before training")
+            raise ValueError(
+                f"tokenizer of {name_or_path!r} has neither a pad nor an eos token: set `tokenizer.pad_token` before training"
+            )
         tok.pad_token = tok.eos_token
     return tok
 
-def load_causal_lm(name_or_path: str, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-                   trust_remote_code: bool = False) -> PreTrainedModel:
+
+def load_causal_lm(
+    name_or_path: str,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
     "A causal LM from safetensors weights (zoo name, local directory or Hub id), in eval mode."
-    if isinstance(dtype, str): dtype = DTYPES[dtype]
-    m = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype or torch.float32,
-                                             use_safetensors=True, trust_remote_code=trust_remote_code)
-    if device is not None: m = m.to(device)
+    if isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    m = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(name_or_path),
+        dtype=dtype or torch.float32,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    if device is not None:
+        m = m.to(device)
     return m.eval()
 
-def add_lora(model: PreTrainedModel, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets="all-linear", adapter_name: str = "default"):
+
+def add_lora(
+    model: PreTrainedModel,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    targets="all-linear",
+    adapter_name: str = "default",
+):
     "Wrap `model` with fresh LoRA adapters (B = 0, so the wrapped model equals the base at init)."
     from peft import LoraConfig, get_peft_model
-    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+    lcfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, lcfg, adapter_name=adapter_name)
+
 
 def default_device(device: str = "auto") -> torch.device:
     "cuda if available (for 'auto'), else cpu."
-    if device != "auto": return torch.device(device)
+    if device != "auto":
+        return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def load_policy(cfg, model: str | None = None):
     "(model, tokenizer) for `cfg`: weights from `cfg.model`, dtype from `cfg.mixed_precision`, LoRA if `cfg.lora`."
     name = model or cfg.model
     tok = load_tokenizer(name)
-    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" and default_device(cfg.device).type == "cuda" else torch.float32
+    dtype = (
+        torch.bfloat16
+        if cfg.mixed_precision == "bf16" and default_device(cfg.device).type == "cuda"
+        else torch.float32
+    )
     m = load_causal_lm(name, dtype=dtype)
     if cfg.get("gradient_checkpointing") and default_device(cfg.device).type == "cuda":
-        m.gradient_checkpointing_enable(); m.config.use_cache = False
+        m.gradient_checkpointing_enable()
+        m.config.use_cache = False
     if cfg.lora:
         m = add_lora(m, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     return m, tok

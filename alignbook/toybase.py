@@ -23,14 +23,21 @@ __all__ = ['INSTRUCTIONS', 'MIX', 'BASE_RECIPE', 'arithmetic_example', 'instruct
 def arithmetic_example(rng: random.Random) -> tuple[str, str]:
     "A small integer expression and its value: ('Compute 3*4+5.', '17')."
     a, b, c = rng.randint(0, 12), rng.randint(0, 12), rng.randint(1, 12)
-    form = rng.choice(["{a}+{b}", "{a}-{b}", "{a}*{b}", "{a}*{b}+{c}", "{a}+{b}*{c}", "({a}+{b})*{c}", "{a}*{b}-{c}"])
+    form = rng.choice(
+        ["{a}+{b}", "{a}-{b}", "{a}*{b}", "{a}*{b}+{c}", "{a}+{b}*{c}", "({a}+{b})*{c}", "{a}*{b}-{c}"]
+    )
     expr = form.format(a=a, b=b, c=c)
     return f"Compute {expr}.", str(int(gpoints.evaluate_tree(gpoints.parse_formula(expr)[0])))
 
+
 INSTRUCTIONS = {
-    "Reverse": lambda w: w[::-1], "Uppercase": lambda w: w.upper(), "Repeat twice": lambda w: w + w,
-    "Sort the letters": lambda w: "".join(sorted(w)), "Count the letters": lambda w: str(len(w)),
+    "Reverse": lambda w: w[::-1],
+    "Uppercase": lambda w: w.upper(),
+    "Repeat twice": lambda w: w + w,
+    "Sort the letters": lambda w: "".join(sorted(w)),
+    "Count the letters": lambda w: str(len(w)),
 }
+
 
 def instruction_example(rng: random.Random) -> tuple[str, str]:
     "A one-step string instruction: ('Reverse: abc.', 'cba')."
@@ -38,61 +45,108 @@ def instruction_example(rng: random.Random) -> tuple[str, str]:
     w = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7)))
     return f"{name}: {w}.", INSTRUCTIONS[name](w)
 
+
 def gpoints_example(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.8) -> tuple[str, str]:
     "A solved GeneralPoints hand under the ID rule (prob. `p_id`) or a random face-card rule."
     target = 24 if rng.random() < p_target24 else rng.randint(10, 30)
-    rule = gpoints.ID_RULE if rng.random() < p_id else gpoints.Rule.random(rng, require_face=rng.random() < 0.5)
+    rule = (
+        gpoints.ID_RULE if rng.random() < p_id else gpoints.Rule.random(rng, require_face=rng.random() < 0.5)
+    )
     hand = gpoints.sample_hand(rng, rule, 4, target)
     return gpoints.toy_prompt(hand), gpoints.expert_response(hand, rng)
 
 # %% ../nbs/06_toy_base.ipynb #da5cb21a
 MIX = {"gpoints": 0.7, "arithmetic": 0.15, "instructions": 0.15}
 
+
 def toy_corpus(n: int, seed: int = 0, mix: dict | None = None, exclude_eval: bool = True) -> Dataset:
     "`n` conversational prompt/completion rows drawn from the toy world's mixture."
-    mix = mix or MIX; rng = random.Random(seed)
+    mix = mix or MIX
+    rng = random.Random(seed)
     gens = {"gpoints": gpoints_example, "arithmetic": arithmetic_example, "instructions": instruction_example}
     banned = {gpoints.toy_prompt(h) for h in gpoints.held_out_hands()} if exclude_eval else set()
     kinds, weights = zip(*mix.items())
     rows = []
     while len(rows) < n:
         p, c = gens[rng.choices(kinds, weights)[0]](rng)
-        if p in banned: continue
-        rows.append({"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]})
+        if p in banned:
+            continue
+        rows.append(
+            {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
+        )
     return Dataset.from_list(rows)
 
 # %% ../nbs/06_toy_base.ipynb #3c2927fc
-BASE_RECIPE = dict(n_train=100_000, steps=800, batch_size=64, lr=2e-3, warmup_steps=50, scheduler="cosine",
-                   seed=0, threads=1, max_length=128)
+BASE_RECIPE = dict(
+    n_train=100_000,
+    steps=800,
+    batch_size=64,
+    lr=2e-3,
+    warmup_steps=50,
+    scheduler="cosine",
+    seed=0,
+    threads=1,
+    max_length=128,
+)
+
 
 def _loss(model, b):
     lp = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
     return -lp.token_logps.sum() / lp.n_tokens.sum(), {}
 
+
 def sha256_file(path) -> str:
     "SHA-256 of a file's bytes."
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
 
 def build_toy_base(out_dir=None, **recipe) -> Path:
     "Train the toy base from scratch per `BASE_RECIPE` (+ overrides) and save it with `save_pretrained`."
     r = {**BASE_RECIPE, **recipe}
     out = Path(out_dir or ASSETS / "toy-base")
-    prev = torch.get_num_threads(); torch.set_num_threads(r["threads"])
+    prev = torch.get_num_threads()
+    torch.set_num_threads(r["threads"])
     try:
         tok = toy_tokenizer()
         rows = tokenize_sft(toy_corpus(r["n_train"], r["seed"]), tok, r["max_length"])
-        cfg = Config({**COMMON, "objective": "toy-base", "seed": r["seed"], "batch_size": r["batch_size"], "lr": r["lr"],
-                      "warmup_steps": r["warmup_steps"], "scheduler": r["scheduler"], "max_steps": r["steps"],
-                      "log_every": 50, "device": "cpu"})
-        t = Trainer(toy_model(tok, seed=r["seed"]), cfg, loss_fn=_loss, train_data=rows,
-                    collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id), weight_fn=lambda b: int(b["completion_mask"][:, 1:].sum()),
-                    out_dir=out / "_run")
-        t0 = time.time(); t.fit(resume=False)
+        cfg = Config(
+            {
+                **COMMON,
+                "objective": "toy-base",
+                "seed": r["seed"],
+                "batch_size": r["batch_size"],
+                "lr": r["lr"],
+                "warmup_steps": r["warmup_steps"],
+                "scheduler": r["scheduler"],
+                "max_steps": r["steps"],
+                "log_every": 50,
+                "device": "cpu",
+            }
+        )
+        t = Trainer(
+            toy_model(tok, seed=r["seed"]),
+            cfg,
+            loss_fn=_loss,
+            train_data=rows,
+            collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
+            weight_fn=lambda b: int(b["completion_mask"][:, 1:].sum()),
+            out_dir=out / "_run",
+        )
+        t0 = time.time()
+        t.fit(resume=False)
         t.save_model(out, tokenizer=tok)
-        meta = {"recipe": r, "torch": torch.__version__, "params": count_params(t.unwrapped), "minutes": round((time.time() - t0) / 60, 2),
-                "final_loss": t.history[-1]["loss"], "sha256": sha256_file(out / "model.safetensors")}
+        meta = {
+            "recipe": r,
+            "torch": torch.__version__,
+            "params": count_params(t.unwrapped),
+            "minutes": round((time.time() - t0) / 60, 2),
+            "final_loss": t.history[-1]["loss"],
+            "sha256": sha256_file(out / "model.safetensors"),
+        }
         (out / "BUILD.json").write_text(json.dumps(meta, indent=1))
-        import shutil; shutil.rmtree(out / "_run", ignore_errors=True)
+        import shutil
+
+        shutil.rmtree(out / "_run", ignore_errors=True)
         return out
     finally:
         torch.set_num_threads(prev)

@@ -20,19 +20,33 @@ __all__ = ['set_seed', 'NonFiniteError', 'BatchCursor', 'Trainer', 'read_metrics
 # %% ../nbs/05_train.ipynb #106ffd76
 def set_seed(seed: int):
     "Seed python, numpy and torch (all devices)."
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
 
 def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
-          "numpy": json.dumps([np.random.get_state()[0], np.random.get_state()[1].tolist(), *np.random.get_state()[2:]])}
-    if torch.cuda.is_available(): st["cuda"] = torch.cuda.get_rng_state_all()
+    st = {
+        "torch": torch.get_rng_state(),
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps(
+            [np.random.get_state()[0], np.random.get_state()[1].tolist(), *np.random.get_state()[2:]]
+        ),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
     return st
+
 
 def _set_rng_state(st: dict):
     torch.set_rng_state(st["torch"])
-    py = json.loads(st["python"]); random.setstate((py[0], tuple(py[1]), py[2]))
-    n = json.loads(st["numpy"]); np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
+    py = json.loads(st["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = json.loads(st["numpy"])
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
 
 class NonFiniteError(RuntimeError):
     "Training produced a NaN or inf; raised instead of continuing silently."
@@ -40,46 +54,90 @@ class NonFiniteError(RuntimeError):
 # %% ../nbs/05_train.ipynb #90ca2b66
 class BatchCursor:
     "Seeded, resumable stream of global micro-batches of indices; each process keeps its share."
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True
+    ):
         if batch_size % world:
-            raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes ({world})")
+            raise ValueError(
+                f"batch_size={batch_size} must be divisible by the number of processes ({world})"
+            )
         if n < batch_size:
-            raise ValueError(f"dataset has {n} rows, fewer than one batch ({batch_size}); lower batch_size or add data")
-        self.n, self.bs, self.seed, self.rank, self.world, self.shuffle = n, batch_size, seed, rank, world, shuffle
+            raise ValueError(
+                f"dataset has {n} rows, fewer than one batch ({batch_size}); lower batch_size or add data"
+            )
+        self.n, self.bs, self.seed, self.rank, self.world, self.shuffle = (
+            n,
+            batch_size,
+            seed,
+            rank,
+            world,
+            shuffle,
+        )
         self.epoch, self.pos = 0, 0
 
     def _perm(self) -> list[int]:
-        if not self.shuffle: return list(range(self.n))
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)).tolist()
+        if not self.shuffle:
+            return list(range(self.n))
+        return torch.randperm(
+            self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        ).tolist()
 
     def next(self) -> list[int]:
-        if self.pos + self.bs > self.n: self.epoch, self.pos = self.epoch + 1, 0   # drop the ragged tail
-        idx = self._perm()[self.pos:self.pos + self.bs]; self.pos += self.bs
+        if self.pos + self.bs > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0  # drop the ragged tail
+        idx = self._perm()[self.pos : self.pos + self.bs]
+        self.pos += self.bs
         share = self.bs // self.world
-        return idx[self.rank * share:(self.rank + 1) * share]
+        return idx[self.rank * share : (self.rank + 1) * share]
 
-    def state(self) -> dict: return {"epoch": self.epoch, "pos": self.pos}
-    def load(self, st: dict): self.epoch, self.pos = st["epoch"], st["pos"]
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load(self, st: dict):
+        self.epoch, self.pos = st["epoch"], st["pos"]
 
 # %% ../nbs/05_train.ipynb #da869d29
 def _to(batch, device):
-    if isinstance(batch, dict): return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
     return batch.to(device) if torch.is_tensor(batch) else batch
+
 
 def _fresh_accelerator_state(mixed_precision: str, cpu: bool):
     "Accelerate keeps one global state per process; in a single process, let each Trainer choose its own precision."
     from accelerate.state import AcceleratorState, GradientState, PartialState
+
     st = AcceleratorState._shared_state
-    if st and PartialState().num_processes == 1 and str(st.get("_mixed_precision", mixed_precision)) != mixed_precision:
-        AcceleratorState._reset_state(); GradientState._reset_state()
+    if (
+        st
+        and PartialState().num_processes == 1
+        and str(st.get("_mixed_precision", mixed_precision)) != mixed_precision
+    ):
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
 
 def _item(v) -> float:
     return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
 
+
 class Trainer:
     "The shared training loop: accumulation, precision, checkpoints, exact resume, metrics, NaN guard."
-    def __init__(self, model, cfg, *, loss_fn: Callable | None = None, train_data=None, collate_fn: Callable | None = None,
-                 eval_fn: Callable | None = None, weight_fn: Callable | None = None, out_dir=None, shuffle: bool = True):
+
+    def __init__(
+        self,
+        model,
+        cfg,
+        *,
+        loss_fn: Callable | None = None,
+        train_data=None,
+        collate_fn: Callable | None = None,
+        eval_fn: Callable | None = None,
+        weight_fn: Callable | None = None,
+        out_dir=None,
+        shuffle: bool = True,
+    ):
         self.cfg, self.loss_fn, self.train_data, self.collate_fn = cfg, loss_fn, train_data, collate_fn
         self.eval_fn, self.weight_fn = eval_fn, weight_fn
         od = out_dir or cfg.get("out_dir")
@@ -91,38 +149,68 @@ class Trainer:
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=mp)
         self.device = self.accelerator.device
         params = [p for p in model.parameters() if p.requires_grad]
-        if not params: raise ValueError("model has no trainable parameters (all requires_grad=False)")
+        if not params:
+            raise ValueError("model has no trainable parameters (all requires_grad=False)")
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.get("weight_decay", 0.0))
         self.model, self.optimizer = self.accelerator.prepare(model, opt)
-        self.scheduler = get_scheduler(cfg.get("scheduler", "constant") if cfg.get("scheduler") != "constant" or not cfg.get("warmup_steps") else "constant_with_warmup",
-                                       self.optimizer, num_warmup_steps=cfg.get("warmup_steps", 0), num_training_steps=cfg.max_steps)
+        self.scheduler = get_scheduler(
+            cfg.get("scheduler", "constant")
+            if cfg.get("scheduler") != "constant" or not cfg.get("warmup_steps")
+            else "constant_with_warmup",
+            self.optimizer,
+            num_warmup_steps=cfg.get("warmup_steps", 0),
+            num_training_steps=cfg.max_steps,
+        )
         self.step, self.state = 0, {}
-        self.cursor = (BatchCursor(len(train_data), cfg.batch_size, cfg.seed, self.accelerator.process_index,
-                                   self.accelerator.num_processes, shuffle) if train_data is not None else None)
+        self.cursor = (
+            BatchCursor(
+                len(train_data),
+                cfg.batch_size,
+                cfg.seed,
+                self.accelerator.process_index,
+                self.accelerator.num_processes,
+                shuffle,
+            )
+            if train_data is not None
+            else None
+        )
         self.pbar = None
         self._last_log = time.perf_counter()
 
     @property
-    def is_main(self) -> bool: return self.accelerator.is_main_process
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
     @property
-    def unwrapped(self): return self.accelerator.unwrap_model(self.model)
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
 
     # --- the pieces -------------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor):
         "Backpropagate `loss`, refusing non-finite values."
         if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteError(f"non-finite loss {loss.item()} at step {self.step + 1}: lower lr (now {self.cfg.lr}), "
-                                 f"check the data for empty completions, or use fp32 (mixed_precision='no')")
+            raise NonFiniteError(
+                f"non-finite loss {loss.item()} at step {self.step + 1}: lower lr (now {self.cfg.lr}), "
+                f"check the data for empty completions, or use fp32 (mixed_precision='no')"
+            )
         self.accelerator.backward(loss)
 
     def optimizer_step(self) -> float:
         "Clip, check the gradient norm, step optimiser and schedule; returns the pre-clip gradient norm."
         mgn = self.cfg.get("max_grad_norm") or 0
         params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = self.accelerator.clip_grad_norm_(params, mgn) if mgn > 0 else torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        norm = (
+            self.accelerator.clip_grad_norm_(params, mgn)
+            if mgn > 0
+            else torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        )
         if not torch.isfinite(norm):
-            raise NonFiniteError(f"non-finite gradient norm at step {self.step + 1}: lower lr (now {self.cfg.lr}) or raise precision")
-        self.optimizer.step(); self.scheduler.step(); self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"non-finite gradient norm at step {self.step + 1}: lower lr (now {self.cfg.lr}) or raise precision"
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return float(norm)
 
@@ -131,79 +219,118 @@ class Trainer:
         row = {"step": self.step, **{k: _item(v) for k, v in metrics.items()}}
         if self.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
         if self.pbar is not None:
-            self.pbar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", "eval/loss", "reward", "success")})
+            self.pbar.set_postfix(
+                {k: f"{v:.4g}" for k, v in row.items() if k in ("loss", "eval/loss", "reward", "success")}
+            )
         self.history.append(row) if hasattr(self, "history") else setattr(self, "history", [row])
         return row
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def _trainable_state(self) -> dict:
-        return {n: p.detach().contiguous().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        return {
+            n: p.detach().contiguous().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad
+        }
 
     def save_checkpoint(self) -> Path | None:
         "Save weights (safetensors), optimiser, schedule, RNG and data position under out_dir/checkpoint-STEP."
-        if self.out_dir is None: return None
+        if self.out_dir is None:
+            return None
         self.accelerator.wait_for_everyone()
         ck = self.out_dir / f"checkpoint-{self.step}"
         rank = self.accelerator.process_index
         tmp = self.out_dir / f".tmp-checkpoint-{self.step}"
         if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
             save_file(self._trainable_state(), str(tmp / "model.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "cursor": self.cursor.state() if self.cursor else None,
-                                                                "state": self.state, "config": self.cfg}, indent=1, default=str))
+            (tmp / "trainer_state.json").write_text(
+                json.dumps(
+                    {
+                        "step": self.step,
+                        "cursor": self.cursor.state() if self.cursor else None,
+                        "state": self.state,
+                        "config": self.cfg,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
         self.accelerator.wait_for_everyone()
         torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            shutil.rmtree(ck, ignore_errors=True); tmp.rename(ck)
-            for old in sorted(self.out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-                shutil.rmtree(old, ignore_errors=True)   # keep the last two
+            shutil.rmtree(ck, ignore_errors=True)
+            tmp.rename(ck)
+            for old in sorted(self.out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[
+                :-2
+            ]:
+                shutil.rmtree(old, ignore_errors=True)  # keep the last two
         self.accelerator.wait_for_everyone()
         return ck
 
     def latest_checkpoint(self) -> Path | None:
-        if self.out_dir is None: return None
+        if self.out_dir is None:
+            return None
         cks = [p for p in self.out_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
         return max(cks, key=lambda p: int(p.name.split("-")[1])) if cks else None
 
     def resume(self, path=None) -> bool:
         "Load the latest (or given) checkpoint; returns False when there is none."
         ck = Path(path) if path else self.latest_checkpoint()
-        if ck is None: return False
+        if ck is None:
+            return False
         sd = load_file(str(ck / "model.safetensors"))
         mine = dict(self.unwrapped.named_parameters())
         missing = [n for n, p in mine.items() if p.requires_grad and n not in sd]
-        if missing: raise ValueError(f"checkpoint {ck} lacks trainable parameters {missing[:3]}…: was it saved from another model or LoRA setup?")
+        if missing:
+            raise ValueError(
+                f"checkpoint {ck} lacks trainable parameters {missing[:3]}…: was it saved from another model or LoRA setup?"
+            )
         with torch.no_grad():
-            for n, t in sd.items(): mine[n].copy_(t)
+            for n, t in sd.items():
+                mine[n].copy_(t)
         self.optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=True))
         ts = json.loads((ck / "trainer_state.json").read_text())
         self.step, self.state = ts["step"], ts["state"]
-        if self.cursor and ts["cursor"]: self.cursor.load(ts["cursor"])
+        if self.cursor and ts["cursor"]:
+            self.cursor.load(ts["cursor"])
         rng = ck / f"rng-{self.accelerator.process_index}.pt"
-        if rng.exists(): _set_rng_state(torch.load(rng, weights_only=False if False else True))
-        if self.is_main and (self.out_dir / "metrics.jsonl").exists():   # forget log lines after the checkpoint
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=False if False else True))
+        if (
+            self.is_main and (self.out_dir / "metrics.jsonl").exists()
+        ):  # forget log lines after the checkpoint
             rows = read_metrics(self.out_dir)
-            (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.step))
+            (self.out_dir / "metrics.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.step)
+            )
         return True
 
     # --- the standard loop ----------------------------------------------------------------------------------
     def _micro_batches(self) -> list[dict]:
-        return [_to(self.collate_fn([self.train_data[i] for i in self.cursor.next()]), self.device)
-                for _ in range(self.cfg.get("grad_accum", 1))]
+        return [
+            _to(self.collate_fn([self.train_data[i] for i in self.cursor.next()]), self.device)
+            for _ in range(self.cfg.get("grad_accum", 1))
+        ]
 
     def train_step(self) -> dict:
         "One optimiser step over `grad_accum` micro-batches, weighted by `weight_fn` globally."
         acc = self.accelerator
         micro = self._micro_batches()
-        w = torch.tensor([float(self.weight_fn(b)) if self.weight_fn else 1.0 for b in micro], device=self.device)
+        w = torch.tensor(
+            [float(self.weight_fn(b)) if self.weight_fn else 1.0 for b in micro], device=self.device
+        )
         total = acc.reduce(w.sum(), reduction="sum") if acc.num_processes > 1 else w.sum()
-        if total <= 0: raise ValueError(f"weight_fn gave a total weight of {float(total)} at step {self.step + 1}: empty batch?")
+        if total <= 0:
+            raise ValueError(
+                f"weight_fn gave a total weight of {float(total)} at step {self.step + 1}: empty batch?"
+            )
         sums: dict[str, float] = {}
         self.model.train()
         for i, b in enumerate(micro):
@@ -213,7 +340,8 @@ class Trainer:
                 share = w[i] / total * acc.num_processes
                 self.backward(loss * share)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * float(share) / acc.num_processes
-            for k, v in metrics.items(): sums[k] = sums.get(k, 0.0) + _item(v) * float(share) / acc.num_processes
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + _item(v) * float(share) / acc.num_processes
         if acc.num_processes > 1:
             keys = sorted(sums)
             red = acc.reduce(torch.tensor([sums[k] for k in keys], device=self.device), reduction="sum")
@@ -224,12 +352,14 @@ class Trainer:
 
     def evaluate(self) -> dict:
         "Run `eval_fn` on the main process under a forked RNG (so evaluation never changes training)."
-        if self.eval_fn is None or not self.is_main: return {}
+        if self.eval_fn is None or not self.is_main:
+            return {}
         self.model.eval()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             st = (random.getstate(), np.random.get_state())
             out = self.eval_fn(self.unwrapped)
-            random.setstate(st[0]); np.random.set_state(st[1])
+            random.setstate(st[0])
+            np.random.set_state(st[1])
         self.model.train()
         return out
 
@@ -237,10 +367,20 @@ class Trainer:
         "Train to cfg.max_steps (or stop early at step `until`, as an interruption would). Returns the last log row."
         if self.loss_fn is None or self.train_data is None or self.collate_fn is None:
             raise ValueError("fit() needs loss_fn, train_data and collate_fn")
-        if resume: self.resume()
+        if resume:
+            self.resume()
         stop = min(until or self.cfg.max_steps, self.cfg.max_steps)
-        log_every, save_every, eval_every = self.cfg.get("log_every") or 1, self.cfg.get("save_every") or 0, self.cfg.get("eval_every") or 0
-        self.pbar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.is_main, desc=self.cfg.get("objective") or "train")
+        log_every, save_every, eval_every = (
+            self.cfg.get("log_every") or 1,
+            self.cfg.get("save_every") or 0,
+            self.cfg.get("eval_every") or 0,
+        )
+        self.pbar = tqdm(
+            total=self.cfg.max_steps,
+            initial=self.step,
+            disable=not self.is_main,
+            desc=self.cfg.get("objective") or "train",
+        )
         last, t0, window = {}, time.perf_counter(), []
         try:
             while self.step < stop:
@@ -249,18 +389,29 @@ class Trainer:
                 ev = self.evaluate() if eval_every and self.step % eval_every == 0 else {}
                 if self.step % log_every == 0 or self.step == stop or ev:
                     # training metrics are averaged over the steps since the last log line; lr is the current one
-                    m = {k: sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in window[-1]}
-                    m["lr"] = window[-1]["lr"]; m.update(ev)
+                    m = {
+                        k: sum(w[k] for w in window if k in w) / sum(k in w for w in window)
+                        for k in window[-1]
+                    }
+                    m["lr"] = window[-1]["lr"]
+                    m.update(ev)
                     m["time/step_s"] = (time.perf_counter() - t0) / len(window)
-                    last = self.log(m); t0, window = time.perf_counter(), []
-                if save_every and self.step % save_every == 0: self.save_checkpoint()
+                    last = self.log(m)
+                    t0, window = time.perf_counter(), []
+                if save_every and self.step % save_every == 0:
+                    self.save_checkpoint()
         except KeyboardInterrupt:
-            self.save_checkpoint(); self.pbar.close()
+            self.save_checkpoint()
+            self.pbar.close()
             raise
-        if self.step >= self.cfg.max_steps and self.eval_fn is not None and not (eval_every and self.step % eval_every == 0):
+        if (
+            self.step >= self.cfg.max_steps
+            and self.eval_fn is not None
+            and not (eval_every and self.step % eval_every == 0)
+        ):
             last = self.log({**self.evaluate()})
         if self.step >= self.cfg.max_steps and (not save_every or self.step % save_every):
-            self.save_checkpoint()          # a finished run always leaves a checkpoint to resume or extend from
+            self.save_checkpoint()  # a finished run always leaves a checkpoint to resume or extend from
         self.pbar.close()
         return last
 
@@ -270,27 +421,38 @@ class Trainer:
         if self.is_main:
             m = self.unwrapped
             if merge_lora and hasattr(m, "merge_and_unload"):
-                import copy; m = copy.deepcopy(m).merge_and_unload()
+                import copy
+
+                m = copy.deepcopy(m).merge_and_unload()
             m.save_pretrained(path, safe_serialization=True)
-            if tokenizer is not None: tokenizer.save_pretrained(path)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(path)
         self.accelerator.wait_for_everyone()
         return path
 
 # %% ../nbs/05_train.ipynb #81470739
 def read_metrics(out_dir) -> list[dict]:
     "Rows of out_dir/metrics.jsonl (or of the given .jsonl file)."
-    p = Path(out_dir); p = p / "metrics.jsonl" if p.is_dir() else p
+    p = Path(out_dir)
+    p = p / "metrics.jsonl" if p.is_dir() else p
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+
 
 def plot_metrics(rows_or_dir, keys, ax=None, title: str | None = None):
     "Plot metric `keys` against step from rows or an out_dir."
     import matplotlib.pyplot as plt
+
     rows = read_metrics(rows_or_dir) if isinstance(rows_or_dir, (str, Path)) else rows_or_dir
     keys = [keys] if isinstance(keys, str) else keys
-    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
     for k in keys:
         pts = [(r["step"], r[k]) for r in rows if k in r]
-        if pts: ax.plot(*zip(*pts), label=k, marker="." if len(pts) < 30 else None)
-    ax.set_xlabel("step"); ax.legend(); ax.grid(alpha=.3)
-    if title: ax.set_title(title)
+        if pts:
+            ax.plot(*zip(*pts), label=k, marker="." if len(pts) < 30 else None)
+    ax.set_xlabel("step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
     return ax

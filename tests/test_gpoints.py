@@ -1,4 +1,5 @@
 """Tests for alignbook.lm.gpoints: solver, verifier reward table, hostile input, response parsing, revision loop."""
+
 import json, random, time
 from fractions import Fraction
 
@@ -6,24 +7,51 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from alignbook.lm.gpoints import (
-    CARDS, ID_RULE, OOD_RULE, OUT_OF_ATTEMPTS_REWARD, Hand, Rule, Score, card_value, check_score_formula,
-    check_solver, eval_hands, evaluate, expert_response, float_value, hand_key, is_solvable, make_sft_dataset, parse_toy_prompt,
-    paper_prompt, random_formula, revision_prompt, sample_hand, score_formula, score_response, solve, toy_prompt)
+    CARDS,
+    ID_RULE,
+    OOD_RULE,
+    OUT_OF_ATTEMPTS_REWARD,
+    Hand,
+    Rule,
+    Score,
+    card_value,
+    check_score_formula,
+    check_solver,
+    eval_hands,
+    evaluate,
+    expert_response,
+    float_value,
+    hand_key,
+    is_solvable,
+    make_sft_dataset,
+    parse_toy_prompt,
+    paper_prompt,
+    random_formula,
+    revision_prompt,
+    sample_hand,
+    score_formula,
+    score_response,
+    solve,
+    toy_prompt,
+)
 
 
 # ---------------------------------------------------------------- rules and hands
 def test_card_values():
     assert [card_value(c) for c in CARDS] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10]
     assert [card_value(c, OOD_RULE) for c in ("J", "Q", "K", "A")] == [11, 12, 13, 1]
-    with pytest.raises(ValueError, match="not one of"): card_value("T")
-    with pytest.raises(ValueError, match="not one of"): Hand(["K", "X"], ID_RULE)
+    with pytest.raises(ValueError, match="not one of"):
+        card_value("T")
+    with pytest.raises(ValueError, match="not one of"):
+        Hand(["K", "X"], ID_RULE)
 
 
 def test_rule_random_and_validation():
     r = Rule.random(random.Random(3))
     assert all(1 <= v <= 13 for v in r.face_values) and r.target == 24
     assert toy_prompt(Hand(["J", "Q", "K", "A"], r)).split(". ")[1] == "J={} Q={} K={}".format(*r.face_values)
-    with pytest.raises(ValueError, match="face_values"): Rule("x", (1, 2, 3, 4))
+    with pytest.raises(ValueError, match="face_values"):
+        Rule("x", (1, 2, 3, 4))
     fvs = {Rule.random(random.Random(s)).face_values for s in range(3000)}
     assert len(fvs) > 1000 and not fvs & {(10, 10, 10), (11, 12, 13)}
     r0 = random.Random(0)
@@ -37,7 +65,8 @@ def test_parse_toy_prompt_roundtrip():
         back = parse_toy_prompt(toy_prompt(h))
         assert back.cards == h.cards and back.numbers == h.numbers and back.target == h.target
     assert parse_toy_prompt(toy_prompt(Hand(["K"], OOD_RULE))).rule == OOD_RULE
-    with pytest.raises(ValueError, match="not a toy"): parse_toy_prompt("hello")
+    with pytest.raises(ValueError, match="not a toy"):
+        parse_toy_prompt("hello")
 
 
 def test_sample_hand_solvable_and_face():
@@ -61,21 +90,27 @@ def test_eval_hands_deterministic_and_distinct_from_training():
 def test_solver_known_cases():
     assert solve([1, 1, 1, 1]) is None and not is_solvable([1, 1, 1, 1])
     assert solve([3, 3, 8, 8], all_solutions=True) == ["8/(3-8/3)"]
-    assert solve([1, 5, 5, 5]) is not None and score_formula(solve([1, 5, 5, 5]), [1, 5, 5, 5]).correct  # 5*(5-1/5)
+    assert (
+        solve([1, 5, 5, 5]) is not None and score_formula(solve([1, 5, 5, 5]), [1, 5, 5, 5]).correct
+    )  # 5*(5-1/5)
     assert is_solvable([13, 13, 13, 13]) is False
     sols = solve([10, 3, 4, 6], all_solutions=True)
     assert len(sols) == len(set(sols)) > 1 and "3*6+10-4" in sols
 
 
 def test_solver_rejects_bad_numbers():
-    with pytest.raises(ValueError, match="non-negative ints"): solve([1.5, 2, 3, 4])
-    with pytest.raises(ValueError, match="non-negative ints"): solve([])
+    with pytest.raises(ValueError, match="non-negative ints"):
+        solve([1.5, 2, 3, 4])
+    with pytest.raises(ValueError, match="non-negative ints"):
+        solve([])
 
 
 def test_solver_speed_print():
     rng = random.Random(123)
     hands = [[rng.randint(1, 13) for _ in range(4)] for _ in range(200)]
-    t0 = time.perf_counter(); res = [solve(h) for h in hands]; dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = [solve(h) for h in hands]
+    dt = time.perf_counter() - t0
     print(f"solve: {1e3 * dt / len(hands):.2f} ms per 4-card hand")
     assert sum(r is not None for r in res) > 100
 
@@ -98,14 +133,23 @@ def test_every_solution_scores_plus_five(seed, rule):
 def _brute_force_solvable(nums, target=24):
     """Independent check: all orders x operators x the 5 bracket shapes of 4 operands, exact fractions."""
     import itertools, operator
+
     ops = [operator.add, operator.sub, operator.mul, lambda x, y: x / y if y else None]
-    def ap(o, x, y): return None if x is None or y is None else o(x, y)
+
+    def ap(o, x, y):
+        return None if x is None or y is None else o(x, y)
+
     for a, b, c, d in itertools.permutations([Fraction(n) for n in nums]):
         for o1, o2, o3 in itertools.product(ops, repeat=3):
-            for v in (ap(o3, ap(o2, ap(o1, a, b), c), d), ap(o2, ap(o1, a, b), ap(o3, c, d)),
-                      ap(o3, ap(o1, a, ap(o2, b, c)), d), ap(o1, a, ap(o3, ap(o2, b, c), d)),
-                      ap(o1, a, ap(o2, b, ap(o3, c, d)))):
-                if v == target: return True
+            for v in (
+                ap(o3, ap(o2, ap(o1, a, b), c), d),
+                ap(o2, ap(o1, a, b), ap(o3, c, d)),
+                ap(o3, ap(o1, a, ap(o2, b, c)), d),
+                ap(o1, a, ap(o3, ap(o2, b, c), d)),
+                ap(o1, a, ap(o2, b, ap(o3, c, d))),
+            ):
+                if v == target:
+                    return True
     return False
 
 
@@ -113,7 +157,11 @@ def _brute_force_solvable(nums, target=24):
 @given(nums=st.lists(st.integers(1, 13), min_size=4, max_size=4), target=st.sampled_from([24, 24, 10, 36]))
 def test_solvability_matches_brute_force(nums, target):
     f = solve(nums, target)
-    assert (f is not None) == is_solvable(nums, target) == _brute_force_solvable(nums, target), (nums, target, f)
+    assert (f is not None) == is_solvable(nums, target) == _brute_force_solvable(nums, target), (
+        nums,
+        target,
+        f,
+    )
     if f is not None:
         assert score_formula(f, nums, target).reward == 5
 
@@ -132,31 +180,34 @@ def test_expert_responses_score_plus_five(seed, rule):
 N = [10, 3, 4, 6]
 
 
-@pytest.mark.parametrize("formula,reward,needle", [
-    ("3*6+10-4", 5, "Correct solution"),
-    ("3*6+10-4=24", 5, "Correct solution"),
-    (" ( 3 * 6 ) + 10 - 4 ", 5, "Correct solution"),
-    ("3*6+10-4=99", 5, "Correct solution"),          # only the left side is checked
-    ("3*6+10+4", -1, "evaluates to 32, not 24"),
-    ("6/3*10/4", -1, "evaluates to 5, not 24"),
-    ("3*6+10-7", -4, "you used invalid numbers: [7], you didn't use numbers: [4]"),
-    ("3*6+10-6", -4, "you used numbers: [6] too many times, you didn't use numbers: [4]"),
-    ("3*6+10-4-7", -2, "you used invalid numbers: [7]"),
-    ("3*6+10-4-4", -2, "you used numbers: [4] too many times"),
-    ("3*6+10", -2, "you didn't use numbers: [4]"),
-    ("3*6+10-4-7-4", -2, "invalid numbers: [7]"),     # invalid and overused share one -2
-    ("3*6+10-(4", -3, "expected ')'"),
-    ("3*6+10-4)", -3, "unexpected"),
-    ("3*6+10--4", -3, "unary minus"),
-    ("-4+3*6+10", -3, "unary minus"),
-    ("3 6+10-4", -3, "unexpected"),
-    ("3*6+10-4x", -3, "illegal characters"),
-    ("3×6+10-4", -3, "illegal characters"),
-    ("", -3, "empty formula"),
-    ("=24", -3, "empty formula"),
-    ("3*6+10-4.0", -3, "illegal characters"),
-    ("()", -3, "expected a number"),
-])
+@pytest.mark.parametrize(
+    "formula,reward,needle",
+    [
+        ("3*6+10-4", 5, "Correct solution"),
+        ("3*6+10-4=24", 5, "Correct solution"),
+        (" ( 3 * 6 ) + 10 - 4 ", 5, "Correct solution"),
+        ("3*6+10-4=99", 5, "Correct solution"),  # only the left side is checked
+        ("3*6+10+4", -1, "evaluates to 32, not 24"),
+        ("6/3*10/4", -1, "evaluates to 5, not 24"),
+        ("3*6+10-7", -4, "you used invalid numbers: [7], you didn't use numbers: [4]"),
+        ("3*6+10-6", -4, "you used numbers: [6] too many times, you didn't use numbers: [4]"),
+        ("3*6+10-4-7", -2, "you used invalid numbers: [7]"),
+        ("3*6+10-4-4", -2, "you used numbers: [4] too many times"),
+        ("3*6+10", -2, "you didn't use numbers: [4]"),
+        ("3*6+10-4-7-4", -2, "invalid numbers: [7]"),  # invalid and overused share one -2
+        ("3*6+10-(4", -3, "expected ')'"),
+        ("3*6+10-4)", -3, "unexpected"),
+        ("3*6+10--4", -3, "unary minus"),
+        ("-4+3*6+10", -3, "unary minus"),
+        ("3 6+10-4", -3, "unexpected"),
+        ("3*6+10-4x", -3, "illegal characters"),
+        ("3×6+10-4", -3, "illegal characters"),
+        ("", -3, "empty formula"),
+        ("=24", -3, "empty formula"),
+        ("3*6+10-4.0", -3, "illegal characters"),
+        ("()", -3, "expected a number"),
+    ],
+)
 def test_reward_table(formula, reward, needle):
     s = score_formula(formula, N)
     assert s.reward == reward, s
@@ -206,7 +257,9 @@ HOSTILE = {
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_hostile_formulas_rejected(name):
     formula, needle = HOSTILE[name]
-    t0 = time.perf_counter(); s = score_formula(formula, N); dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s = score_formula(formula, N)
+    dt = time.perf_counter() - t0
     print(f"{name}: {1e3 * dt:.3f} ms")
     assert s.reward == -3 and not s.correct and s.value is None
     assert needle in s.message, s.message
@@ -231,14 +284,17 @@ H = Hand(["K", "3", "4", "6"], ID_RULE)
 HO = Hand(["K", "3", "4", "6"], OOD_RULE)
 
 
-@pytest.mark.parametrize("resp", [
-    '{"number":[10,3,4,6],"formula":"3*6+10-4"}',
-    '  {"number": [10, 3, 4, 6], "formula": "3*6+10-4=24"}\n',
-    '```json\n{"cards": ["K","3","4","6"], "number": [10,3,4,6], "formula": "3*6+10-4=24"}\n```',
-    'Sure! Here it is: {"formula": "3*6+10-4"} Hope that helps.',
-    "{\n  \"cards\": ['K', '3', '4', '6'],\n  \"number\": [10, 3, 4, 6],\n  \"formula\": \"3*6+10-4=24\",\n}",  # paper style, not JSON
-    "{'formula': '3*6+10-4'}",
-])
+@pytest.mark.parametrize(
+    "resp",
+    [
+        '{"number":[10,3,4,6],"formula":"3*6+10-4"}',
+        '  {"number": [10, 3, 4, 6], "formula": "3*6+10-4=24"}\n',
+        '```json\n{"cards": ["K","3","4","6"], "number": [10,3,4,6], "formula": "3*6+10-4=24"}\n```',
+        'Sure! Here it is: {"formula": "3*6+10-4"} Hope that helps.',
+        "{\n  \"cards\": ['K', '3', '4', '6'],\n  \"number\": [10, 3, 4, 6],\n  \"formula\": \"3*6+10-4=24\",\n}",  # paper style, not JSON
+        "{'formula': '3*6+10-4'}",
+    ],
+)
 def test_response_parsing_json_and_fallback(resp):
     s = score_response(resp, H)
     assert s.reward == 5 and s.correct, s
@@ -251,7 +307,8 @@ def test_response_without_formula():
     assert "no formula" in score_response("nothing here", H).message
     assert score_response("x" * 1_000_000, H).reward == -3
     assert score_response(None, H).reward == -3
-    with pytest.raises(ValueError, match="style"): score_response("{}", H, style="chat")
+    with pytest.raises(ValueError, match="style"):
+        score_response("{}", H, style="chat")
 
 
 def test_number_field_checked_without_changing_reward():
@@ -273,11 +330,16 @@ def test_prompts():
     assert toy_prompt(H) == "Cards: K 3 4 6. J=10 Q=10 K=10. Make 24."
     assert toy_prompt(Hand(["A", "J"], OOD_RULE, 12)) == "Cards: A J. J=11 Q=12 K=13. Make 12."
     p = paper_prompt(HO)
-    assert "Cards: ['K', '3', '4', '6']" in p and "'J', 'Q', and 'K' count as '11', '12', and '13' respectively" in p
+    assert (
+        "Cards: ['K', '3', '4', '6']" in p
+        and "'J', 'Q', and 'K' count as '11', '12', and '13' respectively" in p
+    )
     assert '"formula"' in p and "24 points card game" in p
     assert "count as '10'," in paper_prompt(H)
     r = json.loads(expert_response(H, style="paper"))
-    assert r["cards"] == ["K", "3", "4", "6"] and r["number"] == [10, 3, 4, 6] and r["formula"].endswith("=24")
+    assert (
+        r["cards"] == ["K", "3", "4", "6"] and r["number"] == [10, 3, 4, 6] and r["formula"].endswith("=24")
+    )
     t = expert_response(H)
     assert " " not in t and set(json.loads(t)) == {"number", "formula"}
 
@@ -308,11 +370,13 @@ def test_evaluate_revision_loop_scripted():
         for c in convs:
             assert c[-1]["role"] == "user"
             n_tries = (len(c) + 1) // 2
-            if n_tries == 1: out.append("no idea")                       # -3
+            if n_tries == 1:
+                out.append("no idea")  # -3
             elif n_tries == 2:
                 assert c[-1]["content"].startswith("You failed this trial because no formula found")
-                out.append('{"formula":"1+1"}')                           # -2 or -4
-            else: out.append(expert_response(Hand(_cards(c), ID_RULE)))  # +5
+                out.append('{"formula":"1+1"}')  # -2 or -4
+            else:
+                out.append(expert_response(Hand(_cards(c), ID_RULE)))  # +5
         return out
 
     r1 = evaluate(respond, hands, max_attempts=1)
@@ -320,7 +384,11 @@ def test_evaluate_revision_loop_scripted():
     assert all(rec["return"] == -3 + OUT_OF_ATTEMPTS_REWARD for rec in r1["records"])
     seen.clear()
     r5 = evaluate(respond, hands, max_attempts=5)
-    assert seen == [[1] * 6, [3] * 6, [5] * 6]  # conversations grow by (assistant, user) per failed attempt; solved ones drop out
+    assert seen == [
+        [1] * 6,
+        [3] * 6,
+        [5] * 6,
+    ]  # conversations grow by (assistant, user) per failed attempt; solved ones drop out
     assert r5["success_rate"] == 1 and r5["first_try_success_rate"] == 0 and r5["mean_attempts"] == 3
     rec = r5["records"][0]
     assert rec["rewards"][0] == -3 and rec["rewards"][2] == 5 and rec["success"]
@@ -331,10 +399,14 @@ def test_evaluate_revision_loop_scripted():
 
 def test_evaluate_paper_style_and_errors():
     hands = eval_hands(OOD_RULE, 3)
-    r = evaluate(lambda convs: [expert_response(h, style="paper") for h in hands[:len(convs)]], hands, style="paper")
+    r = evaluate(
+        lambda convs: [expert_response(h, style="paper") for h in hands[: len(convs)]], hands, style="paper"
+    )
     assert r["success_rate"] == 1 and r["mean_reward"] == 5
-    with pytest.raises(ValueError, match="replies"): evaluate(lambda convs: [], hands)
-    with pytest.raises(ValueError, match="max_attempts"): evaluate(lambda convs: [], hands, max_attempts=0)
+    with pytest.raises(ValueError, match="replies"):
+        evaluate(lambda convs: [], hands)
+    with pytest.raises(ValueError, match="max_attempts"):
+        evaluate(lambda convs: [], hands, max_attempts=0)
 
 
 # ---------------------------------------------------------------- SFT dataset
@@ -364,10 +436,14 @@ def test_sft_dataset_exclude():
     assert hand_key(Hand(["K", "3", "4", "6"])) == hand_key(Hand(["6", "4", "K", "3"]))
     assert hand_key(Hand(["K", "3", "4", "6"])) != hand_key(Hand(["K", "3", "4", "6"], OOD_RULE))
     rows = make_sft_dataset(400, seed=0, exclude=ev)
-    keys = {hand_key(Hand(r["prompt"][0]["content"].split(".")[0].removeprefix("Cards: ").split())) for r in rows}
+    keys = {
+        hand_key(Hand(r["prompt"][0]["content"].split(".")[0].removeprefix("Cards: ").split())) for r in rows
+    }
     assert not keys & banned
-    assert {hand_key(Hand(r["prompt"][0]["content"].split(".")[0].removeprefix("Cards: ").split()))
-            for r in make_sft_dataset(400, seed=0)} & banned  # without exclude, eval hands do appear
+    assert {
+        hand_key(Hand(r["prompt"][0]["content"].split(".")[0].removeprefix("Cards: ").split()))
+        for r in make_sft_dataset(400, seed=0)
+    } & banned  # without exclude, eval hands do appear
 
 
 def test_deeply_nested_json_response():
@@ -399,6 +475,7 @@ def test_check_helpers_discriminate():
 
 def test_held_out_hands_cover_both_rules_and_card_order():
     from alignbook.lm import gpoints
+
     hs = gpoints.held_out_hands()
     assert len(hs) == 468 and {h.rule.name for h in hs} == {"id", "ood"}
     h = hs[0]

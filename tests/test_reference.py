@@ -1,34 +1,62 @@
 "Tests for alignbook.lm.reference: the four reference paths agree, stay frozen, and the cache key tracks data and weights."
+
 import pytest, torch
 from alignbook.models import toy_model, toy_tokenizer, add_lora
 from alignbook.data import collate_preference
 from alignbook.lm.logps import sequence_logps
 from alignbook.lm.dpo import dpo_loss
-from alignbook.lm.reference import (make_reference, precompute_reference, PrecomputedReference, AdapterReference,
-                                    CopyReference, eval_mode, check_frozen, REFERENCES)
+from alignbook.lm.reference import (
+    make_reference,
+    precompute_reference,
+    PrecomputedReference,
+    AdapterReference,
+    CopyReference,
+    eval_mode,
+    check_frozen,
+    REFERENCES,
+)
 
 TOK = toy_tokenizer()
 
+
 def rows(n=6, seed=0):
-    g = torch.Generator().manual_seed(seed); out = []
+    g = torch.Generator().manual_seed(seed)
+    out = []
     for _ in range(n):
-        r = lambda lo, hi: torch.randint(10, 60, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+        r = lambda lo, hi: torch.randint(
+            10, 60, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g
+        ).tolist()
         p, c, rj = r(3, 8), r(2, 6), r(2, 6)
-        out.append(dict(chosen_ids=p + c, chosen_mask=[0] * len(p) + [1] * len(c), rejected_ids=p + rj, rejected_mask=[0] * len(p) + [1] * len(rj)))
+        out.append(
+            dict(
+                chosen_ids=p + c,
+                chosen_mask=[0] * len(p) + [1] * len(c),
+                rejected_ids=p + rj,
+                rejected_mask=[0] * len(p) + [1] * len(rj),
+            )
+        )
     return out
 
-def collate(rs): return collate_preference(rs, TOK.pad_token_id)
+
+def collate(rs):
+    return collate_preference(rs, TOK.pad_token_id)
+
 
 @pytest.fixture
 def policy():
-    return add_lora(toy_model(TOK, num_hidden_layers=2, hidden_size=64, intermediate_size=128), r=4, alpha=8, dropout=0.1)
+    return add_lora(
+        toy_model(TOK, num_hidden_layers=2, hidden_size=64, intermediate_size=128), r=4, alpha=8, dropout=0.1
+    )
+
 
 def policy_logps(policy, b):
     with torch.no_grad(), eval_mode(policy):
         return sequence_logps(policy, b["input_ids"], b["attention_mask"], b["completion_mask"]).sum
 
+
 def test_four_ways_identical_losses_fresh_adapter(policy, tmp_path):
-    rs = rows(); b = collate(rs)
+    rs = rows()
+    b = collate(rs)
     refs = {k: make_reference(k, policy) for k in ("copy", "disabled_adapter", "second_adapter")}
     pre_rows, _ = precompute_reference(refs["copy"], policy, rs, collate, tmp_path)
     refs["precomputed"] = make_reference("precomputed", policy)
@@ -41,13 +69,18 @@ def test_four_ways_identical_losses_fresh_adapter(policy, tmp_path):
         losses[k] = dpo_loss(w, l, rw, rl)[0]
     for k in REFERENCES:
         torch.testing.assert_close(losses[k], losses["copy"], rtol=0, atol=1e-6)
-        torch.testing.assert_close(losses[k], torch.full_like(losses[k], 0.6931471805599453), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            losses[k], torch.full_like(losses[k], 0.6931471805599453), rtol=0, atol=1e-5
+        )
+
 
 def test_trained_adapter_paths_agree_and_stay_frozen(policy, tmp_path):
-    rs = rows(); b = collate(rs)
+    rs = rows()
+    b = collate(rs)
     with torch.no_grad():
         for n, p in policy.named_parameters():
-            if "lora_B" in n: p.normal_(0, 0.05)
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
     now = policy_logps(policy, b)
     cp, ad = CopyReference(policy), AdapterReference(policy, name="sft")
     pre, _ = precompute_reference(ad, policy, rs, collate, tmp_path)
@@ -59,19 +92,28 @@ def test_trained_adapter_paths_agree_and_stay_frozen(policy, tmp_path):
     for r in (cp, ad, make_reference("disabled_adapter", policy)):
         assert check_frozen(r, policy, b) == "correct"
 
+
 def test_cache_key_tracks_data_and_weights(policy, tmp_path):
-    rs = rows(); ref = make_reference("copy", policy)
+    rs = rows()
+    ref = make_reference("copy", policy)
     _, p1 = precompute_reference(ref, policy, rs, collate, tmp_path)
     _, p1b = precompute_reference(ref, policy, rs, collate, tmp_path)
     _, p2 = precompute_reference(ref, policy, rows(seed=1), collate, tmp_path)
-    with torch.no_grad(): next(ref.model.parameters()).add_(0.01)
+    with torch.no_grad():
+        next(ref.model.parameters()).add_(0.01)
     _, p3 = precompute_reference(ref, policy, rs, collate, tmp_path)
     assert p1 == p1b and len({p1, p2, p3}) == 3 and p1.suffix == ".safetensors"
 
+
 def test_errors():
     m = toy_model(TOK, num_hidden_layers=1, hidden_size=32, intermediate_size=64)
-    with pytest.raises(ValueError, match="lora=True"): make_reference("disabled_adapter", m).logps(m, collate(rows(2)))
-    with pytest.raises(ValueError, match="lora=True"): make_reference("second_adapter", m)
-    with pytest.raises(ValueError, match="unknown reference"): make_reference("nope", m)
-    with pytest.raises(KeyError, match="precompute_reference"): PrecomputedReference().logps(m, collate(rows(2)))
-    with pytest.raises(ValueError, match="TDPO"): PrecomputedReference().forward(m, collate(rows(2)))
+    with pytest.raises(ValueError, match="lora=True"):
+        make_reference("disabled_adapter", m).logps(m, collate(rows(2)))
+    with pytest.raises(ValueError, match="lora=True"):
+        make_reference("second_adapter", m)
+    with pytest.raises(ValueError, match="unknown reference"):
+        make_reference("nope", m)
+    with pytest.raises(KeyError, match="precompute_reference"):
+        PrecomputedReference().logps(m, collate(rows(2)))
+    with pytest.raises(ValueError, match="TDPO"):
+        PrecomputedReference().forward(m, collate(rows(2)))

@@ -17,15 +17,17 @@ import alignbook.diffusion.kto  # registers diffusion-kto
 __all__ = ['compare_objectives', 'mapo_arm', 'bench_mapo', 'check_comparison']
 
 # %% ../../nbs/49_compare_diffusion.ipynb #a969e35f
-def compare_objectives(objectives=("diffusion-sft", "diffusion-dpo", "mapo", "diffusion-kto"), preset: str = "toy",
-                       **overrides) -> dict:
+def compare_objectives(
+    objectives=("diffusion-sft", "diffusion-dpo", "mapo", "diffusion-kto"), preset: str = "toy", **overrides
+) -> dict:
     "Train each objective with equal budgets through train_image_prefs; returns {objective: metrics (+ 'samples')}."
     out = {}
     for o in objectives:
         cfg = get_config(o, preset, **overrides)
         t0 = time.perf_counter()
         r = train_image_prefs(cfg, return_model=True)
-        r.pop("model", None); r["train_s"] = time.perf_counter() - t0
+        r.pop("model", None)
+        r["train_s"] = time.perf_counter() - t0
         out[o] = r
     return out
 
@@ -33,67 +35,125 @@ def compare_objectives(objectives=("diffusion-sft", "diffusion-dpo", "mapo", "di
 def _tensor_bytes(ts) -> int:
     seen, n = set(), 0
     for t in ts:
-        if t is None or id(t) in seen: continue
-        seen.add(id(t)); n += t.numel() * t.element_size()
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        n += t.numel() * t.element_size()
     return n
+
 
 def mapo_arm(arm: str, spec: dict) -> dict:
     "One benchmark arm ('mapo', 'dpo_lora', 'mapo_full', 'dpo_copy'): median time per Trainer step and peak memory."
     import statistics
     from alignbook.bench import PeakMemory, sync
     from alignbook.train import Trainer
+
     torch.set_num_threads(spec["threads"])
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     base = toy_digits_flow()
-    rows = pickapic_rows(make_toy_pairs(base, n_pairs=2 * spec["batch"], seed=0, drop_ties=False, tie_margin=-1, steps=2))
+    rows = pickapic_rows(
+        make_toy_pairs(base, n_pairs=2 * spec["batch"], seed=0, drop_ties=False, tie_margin=-1, steps=2)
+    )
     mem = PeakMemory().start()
     lora = arm in ("mapo", "dpo_lora")
-    policy = add_lora(copy.deepcopy(base), r=spec["lora_r"]) if lora else copy.deepcopy(base).requires_grad_(True)
+    policy = (
+        add_lora(copy.deepcopy(base), r=spec["lora_r"]) if lora else copy.deepcopy(base).requires_grad_(True)
+    )
     ref = copy.deepcopy(base).to(dev).requires_grad_(False).eval() if arm == "dpo_copy" else None
     loss_fn = mapo_loss_fn() if arm.startswith("mapo") else diffusion_dpo_loss_fn(2500.0, ref_model=ref)
-    cfg = get_config("mapo", "toy", batch_size=spec["batch"], max_steps=spec["steps"] + spec["warmup"], lr=1e-5,
-                     log_every=10**6, device=dev, lora=lora)
+    cfg = get_config(
+        "mapo",
+        "toy",
+        batch_size=spec["batch"],
+        max_steps=spec["steps"] + spec["warmup"],
+        lr=1e-5,
+        log_every=10**6,
+        device=dev,
+        lora=lora,
+    )
     tr = Trainer(policy, cfg, loss_fn=loss_fn, train_data=rows, collate_fn=collate_image_prefs)
     saved, cur = [0], [0]
+
     def pack(t):
-        cur[0] += t.numel() * t.element_size(); saved[0] = max(saved[0], cur[0]); return t
+        cur[0] += t.numel() * t.element_size()
+        saved[0] = max(saved[0], cur[0])
+        return t
+
     times = []
     for i in range(spec["steps"] + spec["warmup"]):
-        sync(); t0 = time.perf_counter(); cur[0] = 0
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): tr.train_step()
-        sync(); times.append(time.perf_counter() - t0)
+        sync()
+        t0 = time.perf_counter()
+        cur[0] = 0
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            tr.train_step()
+        sync()
+        times.append(time.perf_counter() - t0)
     params = [p for p in tr.unwrapped.parameters() if p.requires_grad]
     held = list(tr.unwrapped.parameters()) + (list(ref.parameters()) if ref is not None else [])
-    counted = (_tensor_bytes(held) + _tensor_bytes([p.grad for p in params]) + saved[0] +
-               _tensor_bytes([v for st in tr.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]))
-    return dict(time_per_step_s=statistics.median(times[spec["warmup"]:]), peak_mem_mb=mem.peak_mb(), memory=mem.how,
-                counted_mem_mb=counted / 2**20, saved_activations_mb=saved[0] / 2**20,
-                trainable_params=sum(p.numel() for p in params), steps_measured=spec["steps"])
+    counted = (
+        _tensor_bytes(held)
+        + _tensor_bytes([p.grad for p in params])
+        + saved[0]
+        + _tensor_bytes([v for st in tr.optimizer.state.values() for v in st.values() if torch.is_tensor(v)])
+    )
+    return dict(
+        time_per_step_s=statistics.median(times[spec["warmup"] :]),
+        peak_mem_mb=mem.peak_mb(),
+        memory=mem.how,
+        counted_mem_mb=counted / 2**20,
+        saved_activations_mb=saved[0] / 2**20,
+        trainable_params=sum(p.numel() for p in params),
+        steps_measured=spec["steps"],
+    )
+
 
 def bench_mapo(argv: list[str] | None = None, spawn: bool = True) -> dict:
     "`alignbook bench mapo [--steps 8] [--warmup 2] [--batch 32]`: MaPO vs Diffusion-DPO (adapters off; second copy), JSON with ratios."
     from alignbook.bench import spawn_arm, ratio
+
     ap = argparse.ArgumentParser(prog="alignbook bench mapo")
-    ap.add_argument("--steps", type=int, default=8); ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32); ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=3, help="repeat all arms, interleaved; keep each arm's fastest round")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="repeat all arms, interleaved; keep each arm's fastest round"
+    )
     a = ap.parse_args(argv or [])
     spec = dict(steps=a.steps, warmup=a.warmup, batch=a.batch, lora_r=a.lora_r, threads=a.threads)
-    run = (lambda arm: spawn_arm("alignbook.diffusion.compare", "mapo_arm", arm, spec)) if spawn else (lambda arm: mapo_arm(arm, spec))
+    run = (
+        (lambda arm: spawn_arm("alignbook.diffusion.compare", "mapo_arm", arm, spec))
+        if spawn
+        else (lambda arm: mapo_arm(arm, spec))
+    )
     res, all_times = {}, {}
-    for _ in range(a.rounds):       # interleaved rounds: load on a shared machine only ever slows a step down
+    for _ in range(a.rounds):  # interleaved rounds: load on a shared machine only ever slows a step down
         for arm in ("mapo", "dpo_lora", "mapo_full", "dpo_copy"):
-            r = run(arm); all_times.setdefault(arm, []).append(r["time_per_step_s"])
-            if arm not in res or r["time_per_step_s"] < res[arm]["time_per_step_s"]: res[arm] = {**r, "peak_mem_mb": res.get(arm, r)["peak_mem_mb"]}
-    for arm in res: res[arm]["time_per_step_s_all_rounds"] = all_times[arm]
-    out = {"benchmark": "mapo", "model": "toy-digits-flow (diffusers UNet2DModel, 0.7M params), 8x8", "spec": {**spec, "rounds": a.rounds},
-           "device": "cuda" if torch.cuda.is_available() else "cpu", "arms": res, "ratios": {}}
+            r = run(arm)
+            all_times.setdefault(arm, []).append(r["time_per_step_s"])
+            if arm not in res or r["time_per_step_s"] < res[arm]["time_per_step_s"]:
+                res[arm] = {**r, "peak_mem_mb": res.get(arm, r)["peak_mem_mb"]}
+    for arm in res:
+        res[arm]["time_per_step_s_all_rounds"] = all_times[arm]
+    out = {
+        "benchmark": "mapo",
+        "model": "toy-digits-flow (diffusers UNet2DModel, 0.7M params), 8x8",
+        "spec": {**spec, "rounds": a.rounds},
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "arms": res,
+        "ratios": {},
+    }
     for name, m, d in (("lora", "mapo", "dpo_lora"), ("full", "mapo_full", "dpo_copy")):
         for key in ("time_per_step_s", "peak_mem_mb", "counted_mem_mb"):
             out["ratios"][f"{name}_{key}_mapo_over_dpo"] = ratio(res, m, d, key)
-    out["paper"] = {"time_mapo_over_dpo": round(1 - 0.145, 3), "memory_mapo_over_dpo": round(1 - 0.175, 3), "setting": "SDXL, full fine-tuning"}
+    out["paper"] = {
+        "time_mapo_over_dpo": round(1 - 0.145, 3),
+        "memory_mapo_over_dpo": round(1 - 0.175, 3),
+        "setting": "SDXL, full fine-tuning",
+    }
     return out
+
 
 register_benchmark("mapo", bench_mapo)
 

@@ -23,18 +23,22 @@ def _bc(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     "Broadcast a per-example (B,) tensor against x (B, ...)."
     return s.reshape(-1, *([1] * (x.ndim - 1))).to(x)
 
+
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     "x_σ = (1−σ)·x0 + σ·ε; x0, noise (B,...), sigma (B,) in [0, 1] (σ=1 is noise)."
     s = _bc(sigma, x0)
     return (1 - s) * x0 + s * noise
 
+
 def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     "The conditional velocity d x_σ / dσ = ε − x0 (diffusers / SD3 convention)."
     return noise - x0
 
+
 def to_meta_convention(sigma: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Map (σ, v) in the diffusers convention to (t, u) in Meta's flow_matching / torchcfm: t = 1−σ, u = −v."
     return 1 - sigma, -v
+
 
 def from_meta_convention(t: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Inverse of `to_meta_convention`: σ = 1−t, v = −u."
@@ -43,6 +47,7 @@ def from_meta_convention(t: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor
 # %% ../../nbs/40_flow.ipynb #27fd09b5
 NUM_TRAIN_TIMESTEPS = 1000
 
+
 def velocity(model, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
     "v_θ(x_σ, σ, c) of shape x.shape; sigma (B,) or scalar; cond: class ids (B,) or embeddings (B,L,D)."
     if not torch.is_tensor(sigma) or sigma.ndim == 0:
@@ -50,27 +55,38 @@ def velocity(model, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Te
     base = getattr(model, "base_model", model)  # peft wrappers keep the diffusers class one level down
     base = getattr(base, "model", base) if not isinstance(base, (UNet2DModel, UNet2DConditionModel)) else base
     if isinstance(base, UNet2DConditionModel) or isinstance(model, UNet2DConditionModel):
-        if cond is None: raise ValueError("velocity: a UNet2DConditionModel needs cond=encoder_hidden_states (B, L, D)")
+        if cond is None:
+            raise ValueError("velocity: a UNet2DConditionModel needs cond=encoder_hidden_states (B, L, D)")
         return model(x, sigma * NUM_TRAIN_TIMESTEPS, encoder_hidden_states=cond).sample
     if isinstance(base, UNet2DModel) or isinstance(model, UNet2DModel):
         return model(x, sigma * NUM_TRAIN_TIMESTEPS, class_labels=cond).sample
     return model(x, sigma, cond)
 
 # %% ../../nbs/40_flow.ipynb #d2b772b2
-def sample_sigmas(n: int, generator: torch.Generator | None = None, kind: str = "uniform", device=None) -> torch.Tensor:
+def sample_sigmas(
+    n: int, generator: torch.Generator | None = None, kind: str = "uniform", device=None
+) -> torch.Tensor:
     "n training noise levels σ in (0, 1): 'uniform' or SD3's 'logit_normal' (σ = sigmoid(N(0,1)))."
-    if kind == "uniform": return torch.rand(n, generator=generator).clamp(1e-4, 1 - 1e-4).to(device)
-    if kind == "logit_normal": return torch.sigmoid(torch.randn(n, generator=generator)).to(device)
+    if kind == "uniform":
+        return torch.rand(n, generator=generator).clamp(1e-4, 1 - 1e-4).to(device)
+    if kind == "logit_normal":
+        return torch.sigmoid(torch.randn(n, generator=generator)).to(device)
     raise ValueError(f"sample_sigmas: unknown kind={kind!r}; use 'uniform' or 'logit_normal'")
+
 
 def flow_errors(model, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
     "Per-example CFM error mean_pixels ‖v_θ(x_σ, σ, c) − (ε − x0)‖², shape (B,)."
-    if noise.shape != x0.shape: raise ValueError(f"flow_errors: noise {tuple(noise.shape)} must match x0 {tuple(x0.shape)}")
-    if sigma.shape != (x0.shape[0],): raise ValueError(f"flow_errors: sigma must have shape ({x0.shape[0]},), got {tuple(sigma.shape)}")
+    if noise.shape != x0.shape:
+        raise ValueError(f"flow_errors: noise {tuple(noise.shape)} must match x0 {tuple(x0.shape)}")
+    if sigma.shape != (x0.shape[0],):
+        raise ValueError(f"flow_errors: sigma must have shape ({x0.shape[0]},), got {tuple(sigma.shape)}")
     v = velocity(model, interpolate(x0, noise, sigma), sigma, cond)
     return (v.float() - flow_target(x0, noise).float()).pow(2).flatten(1).mean(1)
 
-def flow_loss(model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None, sigma_kind: str = "uniform") -> torch.Tensor:
+
+def flow_loss(
+    model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None, sigma_kind: str = "uniform"
+) -> torch.Tensor:
     "Per-example conditional flow-matching loss (B,) with fresh noise and σ."
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     sigma = sample_sigmas(x0.shape[0], generator, sigma_kind, x0.device)
@@ -79,62 +95,101 @@ def flow_loss(model, x0: torch.Tensor, cond=None, generator: torch.Generator | N
 # %% ../../nbs/40_flow.ipynb #9b02e2da
 def sigma_schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
     "steps+1 noise levels from 1 to 0; shift>1 spends more steps near σ=1 (SD3: σ' = sσ/(1+(s−1)σ))."
-    if steps < 1: raise ValueError(f"sigma_schedule: steps must be >= 1, got {steps}")
+    if steps < 1:
+        raise ValueError(f"sigma_schedule: steps must be >= 1, got {steps}")
     s = torch.linspace(1, 0, steps + 1)
     return shift * s / (1 + (shift - 1) * s)
 
+
 @torch.no_grad()
-def sample_ode(model, noise: torch.Tensor, cond=None, steps: int = 20, method: str = "euler", shift: float = 1.0,
-               return_traj: bool = False):
+def sample_ode(
+    model,
+    noise: torch.Tensor,
+    cond=None,
+    steps: int = 20,
+    method: str = "euler",
+    shift: float = 1.0,
+    return_traj: bool = False,
+):
     "Integrate dx/dσ = v_θ from σ=1 (noise (B,...)) to σ=0; returns x0 or (x0, traj (steps+1, B, ...))."
-    if method not in ("euler", "midpoint"): raise ValueError(f"sample_ode: method={method!r}; use 'euler' or 'midpoint'")
+    if method not in ("euler", "midpoint"):
+        raise ValueError(f"sample_ode: method={method!r}; use 'euler' or 'midpoint'")
     sig, x, traj = sigma_schedule(steps, shift).tolist(), noise, [noise]
     for s, s_next in zip(sig[:-1], sig[1:]):
         v = velocity(model, x, s, cond)
         if method == "midpoint":
             v = velocity(model, x + (s_next - s) / 2 * v, (s + s_next) / 2, cond)
         x = x + (s_next - s) * v
-        if return_traj: traj.append(x)
+        if return_traj:
+            traj.append(x)
     return (x, torch.stack(traj)) if return_traj else x
 
 # %% ../../nbs/40_flow.ipynb #8a16c728
 class GaussianVelocity(nn.Module):
     "The exact marginal velocity for data N(mu, s²I) (a test oracle): v*(x, σ) = E[ε − x0 | x_σ = x]."
+
     def __init__(self, mu: torch.Tensor, s: float):
-        super().__init__(); self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32)); self.s = float(s)
+        super().__init__()
+        self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32))
+        self.s = float(s)
+
     def forward(self, x, sigma, cond=None):
-        sg = _bc(sigma, x); m = (1 - sg) * self.mu; V = (1 - sg) ** 2 * self.s ** 2 + sg ** 2
-        return sg * (x - m) / V - (self.mu + (1 - sg) * self.s ** 2 * (x - m) / V)
+        sg = _bc(sigma, x)
+        m = (1 - sg) * self.mu
+        V = (1 - sg) ** 2 * self.s**2 + sg**2
+        return sg * (x - m) / V - (self.mu + (1 - sg) * self.s**2 * (x - m) / V)
 
 # %% ../../nbs/40_flow.ipynb #271533f4
-def sde_step(v: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: float, eta: float = 0.7,
-             noise: torch.Tensor | None = None, x_next: torch.Tensor | None = None, reduce: str = "mean",
-             generator: torch.Generator | None = None):
+def sde_step(
+    v: torch.Tensor,
+    x: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    eta: float = 0.7,
+    noise: torch.Tensor | None = None,
+    x_next: torch.Tensor | None = None,
+    reduce: str = "mean",
+    generator: torch.Generator | None = None,
+):
     "One marginal-preserving SDE step σ→σ_next; returns (x_next, log_prob (B,), mean, std)."
-    if not 0 <= sigma_next < sigma <= 1: raise ValueError(f"sde_step: need 0 <= sigma_next < sigma <= 1, got {sigma_next}, {sigma}")
+    if not 0 <= sigma_next < sigma <= 1:
+        raise ValueError(f"sde_step: need 0 <= sigma_next < sigma <= 1, got {sigma_next}, {sigma}")
     dt = sigma_next - sigma
     denom = 1 - (sigma if sigma < 1 else sigma_next)
     std_t = eta * math.sqrt(sigma / max(denom, 1e-6))
-    mean = x + (v + std_t ** 2 / (2 * sigma) * (x + (1 - sigma) * v)) * dt
+    mean = x + (v + std_t**2 / (2 * sigma) * (x + (1 - sigma) * v)) * dt
     std = std_t * math.sqrt(-dt)
     if x_next is None:
-        if noise is None: noise = torch.randn(x.shape, generator=generator).to(x)
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator).to(x)
         x_next = mean + std * noise
-    lp = -((x_next.detach() - mean) ** 2) / (2 * std ** 2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+    lp = -((x_next.detach() - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
     lp = lp.flatten(1)
-    if reduce not in ("mean", "sum"): raise ValueError(f"sde_step: reduce={reduce!r}; use 'mean' or 'sum'")
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"sde_step: reduce={reduce!r}; use 'mean' or 'sum'")
     return x_next, (lp.mean(1) if reduce == "mean" else lp.sum(1)), mean, std
 
+
 @torch.no_grad()
-def sample_sde(model, noise: torch.Tensor, cond=None, steps: int = 20, eta: float = 0.7, shift: float = 1.0,
-               generator: torch.Generator | None = None, reduce: str = "mean"):
+def sample_sde(
+    model,
+    noise: torch.Tensor,
+    cond=None,
+    steps: int = 20,
+    eta: float = 0.7,
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+    reduce: str = "mean",
+):
     "Sample with `sde_step` (the last step is deterministic Euler); returns (x0, traj (steps+1,B,...), log_probs (steps-1,B))."
     sig, x, traj, lps = sigma_schedule(steps, shift).tolist(), noise, [noise], []
     for s, s_next in zip(sig[:-1], sig[1:]):
         v = velocity(model, x, s, cond)
-        if s_next == 0: x = x + (s_next - s) * v   # σ→0 has zero noise: plain Euler
+        if s_next == 0:
+            x = x + (s_next - s) * v  # σ→0 has zero noise: plain Euler
         else:
-            x, lp, _, _ = sde_step(v, x, s, s_next, eta, generator=generator, reduce=reduce); lps.append(lp)
+            x, lp, _, _ = sde_step(v, x, s, s_next, eta, generator=generator, reduce=reduce)
+            lps.append(lp)
         traj.append(x)
     return x, torch.stack(traj), (torch.stack(lps) if lps else torch.zeros(0, x.shape[0]))
 
@@ -142,14 +197,19 @@ def sample_sde(model, noise: torch.Tensor, cond=None, steps: int = 20, eta: floa
 def moons(n: int, seed: int = 0, noise: float = 0.05) -> torch.Tensor:
     "n points of scikit-learn's two moons, centred and scaled to unit-ish spread (n, 2)."
     from sklearn.datasets import make_moons
+
     x, _ = make_moons(n, noise=noise, random_state=seed)
     return torch.tensor((x - [0.5, 0.25]) / [0.87, 0.5], dtype=torch.float32)
 
-def gaussian_mixture(n: int, seed: int = 0, k: int = 8, radius: float = 2.0, std: float = 0.15) -> torch.Tensor:
+
+def gaussian_mixture(
+    n: int, seed: int = 0, k: int = 8, radius: float = 2.0, std: float = 0.15
+) -> torch.Tensor:
     "n points from k Gaussians on a circle (n, 2)."
     g = torch.Generator().manual_seed(seed)
     ang = torch.randint(0, k, (n,), generator=g) * (2 * math.pi / k)
     return torch.stack([ang.cos(), ang.sin()], 1) * radius + std * torch.randn(n, 2, generator=g)
+
 
 def timestep_embedding(sigma: torch.Tensor, dim: int = 32) -> torch.Tensor:
     "Sinusoidal features of σ·1000, shape (B, dim)."
@@ -158,33 +218,51 @@ def timestep_embedding(sigma: torch.Tensor, dim: int = 32) -> torch.Tensor:
     a = sigma.float()[:, None] * NUM_TRAIN_TIMESTEPS * f[None]
     return torch.cat([a.sin(), a.cos()], 1)
 
+
 class MLPVelocity(nn.Module):
     "v_θ(x, σ, c) for vectors: an MLP on [x, emb(σ), emb(c)]; num_classes=0 for unconditional."
+
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, num_classes: int = 0, temb: int = 32):
         super().__init__()
         self.temb, self.cemb = temb, (nn.Embedding(num_classes, temb) if num_classes else None)
         layers, d = [], dim + temb * (2 if num_classes else 1)
-        for _ in range(depth): layers += [nn.Linear(d, hidden), nn.SiLU()]; d = hidden
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.SiLU()]
+            d = hidden
         self.net = nn.Sequential(*layers, nn.Linear(d, dim))
+
     def forward(self, x, sigma, cond=None):
         h = [x, timestep_embedding(sigma, self.temb)]
-        if self.cemb is not None: h.append(self.cemb(cond))
+        if self.cemb is not None:
+            h.append(self.cemb(cond))
         return self.net(torch.cat(h, 1))
 
 # %% ../../nbs/40_flow.ipynb #35709f70
-def fit_flow_2d(data: torch.Tensor, steps: int = 2000, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-                progress: bool = True) -> tuple[nn.Module, list[float]]:
+def fit_flow_2d(
+    data: torch.Tensor,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[nn.Module, list[float]]:
     "Train an `MLPVelocity` on 2-D points with CFM (a tiny demo loop); returns (model, losses)."
-    torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     model, losses = MLPVelocity(data.shape[1]), []
     opt = torch.optim.AdamW(model.parameters(), lr)
     it = range(steps)
     if progress:
-        from tqdm.auto import tqdm; it = tqdm(it, desc="flow 2-D")
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="flow 2-D")
     for _ in it:
         x0 = data[torch.randint(0, len(data), (batch_size,), generator=g)]
         loss = flow_loss(model, x0, generator=g).mean()
-        opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
     return model.eval(), losses
 
 # %% ../../nbs/40_flow.ipynb #9069693f
@@ -192,97 +270,146 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.5, 1.0, 2.0, 4.0)) -
     "Squared MMD (biased V-statistic) between samples x (N, d) and y (M, d) with a sum of RBF kernels."
     x, y = x.flatten(1).float(), y.flatten(1).float()
     d = x.shape[1]
-    def k(a, b): 
+
+    def k(a, b):
         dd = torch.cdist(a, b).pow(2)
-        return sum(torch.exp(-dd / (2 * (h ** 2) * d)) for h in bandwidths)
+        return sum(torch.exp(-dd / (2 * (h**2) * d)) for h in bandwidths)
+
     return float(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
 
 # %% ../../nbs/40_flow.ipynb #5af4600e
-DIGITS_UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1,
-                   down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                   norm_num_groups=8, attention_head_dim=16, num_class_embeds=10)
+DIGITS_UNET = dict(
+    sample_size=8,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+    attention_head_dim=16,
+    num_class_embeds=10,
+)
+
 
 def digits_unet(seed: int | None = 0, **kw) -> UNet2DModel:
     "A freshly initialised tiny class-conditional UNet2DModel for 8×8 digits (~0.7M parameters)."
-    if seed is not None: torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     return UNet2DModel(**{**DIGITS_UNET, **kw})
+
 
 def load_digits_images(size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     "scikit-learn's digits as images in [-1, 1] (N, 1, size, size) and labels (N,)."
     from sklearn.datasets import load_digits
+
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
-    if size != 8: x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if size != 8:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x, torch.tensor(d.target, dtype=torch.long)
+
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     "Map images from [-1, 1] to [0, 1] (clamped) for display and scoring."
     return ((x + 1) / 2).clamp(0, 1)
 
+
 def show_grid(x: torch.Tensor, nrow: int = 10, ax=None, title: str | None = None):
     "Show images (N, 1, H, W) in [-1, 1] as a grid."
     import matplotlib.pyplot as plt
+
     x = to_unit(x.detach().cpu())[:, 0]
-    n, H, W = x.shape; ncol = min(nrow, n); nr = math.ceil(n / ncol)
+    n, H, W = x.shape
+    ncol = min(nrow, n)
+    nr = math.ceil(n / ncol)
     grid = torch.ones(nr * (H + 1), ncol * (W + 1))
-    for i in range(n): r, c = divmod(i, ncol); grid[r * (H + 1):r * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = x[i]
-    ax = ax or plt.gca(); ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1); ax.axis("off")
-    if title: ax.set_title(title)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[r * (H + 1) : r * (H + 1) + H, c * (W + 1) : c * (W + 1) + W] = x[i]
+    ax = ax or plt.gca()
+    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
     return ax
 
 # %% ../../nbs/40_flow.ipynb #ff8b4d56
 DIGITS_FLOW_RECIPE = dict(steps=4000, batch_size=128, lr=2e-3, seed=0, warmup=200)
 
+
 def digits_flow_path() -> Path:
     "Directory of the shipped pretrained digits flow (a diffusers UNet2DModel)."
     import alignbook
+
     return Path(alignbook.__file__).resolve().parent / "assets" / "diffusion" / "digits_flow"
+
 
 def build_digits_flow(out_dir: str | Path | None = None, progress: bool = True, **recipe) -> Path:
     "Rebuild the pretrained digits flow deterministically (1 CPU thread, fixed seed) and save it to out_dir."
     r = {**DIGITS_FLOW_RECIPE, **recipe}
     out_dir = Path(out_dir or digits_flow_path())
-    n_threads = torch.get_num_threads(); torch.set_num_threads(1)
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        torch.manual_seed(r["seed"]); g = torch.Generator().manual_seed(r["seed"])
+        torch.manual_seed(r["seed"])
+        g = torch.Generator().manual_seed(r["seed"])
         x, y = load_digits_images()
         model = digits_unet(seed=r["seed"]).train()
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / r["warmup"]) * 0.5 * (1 + math.cos(math.pi * s / r["steps"])))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / r["warmup"]) * 0.5 * (1 + math.cos(math.pi * s / r["steps"]))
+        )
         it = range(r["steps"])
         if progress:
-            from tqdm.auto import tqdm; it = tqdm(it, desc="digits flow")
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, desc="digits flow")
         for step in it:
             idx = torch.randint(0, len(x), (r["batch_size"],), generator=g)
             loss = flow_loss(model, x[idx], y[idx], generator=g).mean()
-            opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); sched.step()
-    finally: torch.set_num_threads(n_threads)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+    finally:
+        torch.set_num_threads(n_threads)
     model.eval().save_pretrained(out_dir)
     (out_dir / "recipe.json").write_text(json.dumps({**r, "final_loss": loss.item()}, indent=1))
     return out_dir
+
 
 def toy_digits_flow(path: str | Path | None = None) -> UNet2DModel:
     "Load the pretrained class-conditional digits flow (eval mode)."
     p = Path(path or digits_flow_path())
     if not (p / "config.json").exists():
-        raise FileNotFoundError(f"no digits flow at {p}; rebuild it with `python -m alignbook.diffusion.flow` "
-                                "(calls build_digits_flow())")
+        raise FileNotFoundError(
+            f"no digits flow at {p}; rebuild it with `python -m alignbook.diffusion.flow` "
+            "(calls build_digits_flow())"
+        )
     return UNet2DModel.from_pretrained(p).eval()
 
 # %% ../../nbs/40_flow.ipynb #131b1d38
-if __name__ == "__main__" and "__file__" in globals():  # `python -m alignbook.diffusion.flow` rebuilds the shipped flow (never in a notebook)
+if (
+    __name__ == "__main__" and "__file__" in globals()
+):  # `python -m alignbook.diffusion.flow` rebuilds the shipped flow (never in a notebook)
     print(build_digits_flow())
 
 # %% ../../nbs/40_flow.ipynb #972e6ed5
 def collate_digits(rows: list[dict]) -> dict:
     "Stack rows {'pixel_values' (1,H,W), 'class_labels' ()} into a batch."
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "class_labels": torch.stack([r["class_labels"] for r in rows])}
+    return {
+        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+        "class_labels": torch.stack([r["class_labels"] for r in rows]),
+    }
+
 
 def flow_loss_fn(model, batch: dict):
     "Trainer loss_fn: mean CFM loss on batch['pixel_values'] conditioned on batch['class_labels']."
     per = flow_loss(model, batch["pixel_values"], batch.get("class_labels"))
     return per.mean(), {"flow_loss": per.mean()}
+
 
 @torch.no_grad()
 def digits_mmd(model, n: int = 500, steps: int = 10, seed: int = 1, resolution: int = 8) -> float:
@@ -293,31 +420,79 @@ def digits_mmd(model, n: int = 500, steps: int = 10, seed: int = 1, resolution: 
     gen = sample_ode(model, z, (torch.arange(n) % 10).to(z.device), steps=steps, method="midpoint")
     return mmd_rbf(gen, x[torch.randperm(len(x), generator=g)[:n]])
 
+
 def train_flow(cfg) -> dict:
     "Train/fine-tune the digits flow with CFM through alignbook.train.Trainer; returns the last metrics + MMD."
     from alignbook.train import Trainer
+
     x, y = load_digits_images(cfg.resolution)
     if cfg.init == "pretrained":
-        if cfg.resolution != 8: raise ValueError("train_flow: init='pretrained' is the 8×8 model; use init='scratch' for resolution != 8")
+        if cfg.resolution != 8:
+            raise ValueError(
+                "train_flow: init='pretrained' is the 8×8 model; use init='scratch' for resolution != 8"
+            )
         model = toy_digits_flow(None if cfg.model == "toy-digits-flow" else cfg.model)
-    elif cfg.init == "scratch": model = digits_unet(seed=cfg.seed, sample_size=cfg.resolution)
-    else: raise ValueError(f"train_flow: init={cfg.init!r}; use 'pretrained' or 'scratch'")
+    elif cfg.init == "scratch":
+        model = digits_unet(seed=cfg.seed, sample_size=cfg.resolution)
+    else:
+        raise ValueError(f"train_flow: init={cfg.init!r}; use 'pretrained' or 'scratch'")
     rows = [{"pixel_values": x[i], "class_labels": y[i]} for i in range(len(x))]
-    tr = Trainer(model.train(), cfg, loss_fn=flow_loss_fn, train_data=rows, collate_fn=collate_digits, out_dir=cfg.out_dir)
+    tr = Trainer(
+        model.train(),
+        cfg,
+        loss_fn=flow_loss_fn,
+        train_data=rows,
+        collate_fn=collate_digits,
+        out_dir=cfg.out_dir,
+    )
     last = tr.fit()
     model = tr.unwrapped.eval()
-    if cfg.out_dir: tr.save_model(Path(cfg.out_dir) / "model")
-    return {**last, "mmd_to_data": digits_mmd(model.cpu(), n=cfg.eval_size, steps=cfg.sample_steps, resolution=cfg.resolution)}
+    if cfg.out_dir:
+        tr.save_model(Path(cfg.out_dir) / "model")
+    return {
+        **last,
+        "mmd_to_data": digits_mmd(
+            model.cpu(), n=cfg.eval_size, steps=cfg.sample_steps, resolution=cfg.resolution
+        ),
+    }
 
 # %% ../../nbs/40_flow.ipynb #328f7b11
 from ..config import register_objective
-register_objective("flow", train_flow,
-    toy=dict(model="toy-digits-flow", init="pretrained", resolution=8, dataset="sklearn-digits", batch_size=128, lr=2e-4,
-             max_steps=60, log_every=10, eval_size=300, sample_steps=10, toy_2d_steps=1500),
-    gpu=dict(model="toy-digits-flow", init="scratch", resolution=32, dataset="sklearn-digits", batch_size=256, lr=2e-4,
-             max_steps=20000, warmup_steps=500, mixed_precision="bf16", lora=False, gradient_checkpointing=False,
-             eval_size=1000, sample_steps=20, toy_2d_steps=5000),
-    help="conditional flow matching on 8×8 digits (diffusers UNet2DModel, class-conditional)")
+
+register_objective(
+    "flow",
+    train_flow,
+    toy=dict(
+        model="toy-digits-flow",
+        init="pretrained",
+        resolution=8,
+        dataset="sklearn-digits",
+        batch_size=128,
+        lr=2e-4,
+        max_steps=60,
+        log_every=10,
+        eval_size=300,
+        sample_steps=10,
+        toy_2d_steps=1500,
+    ),
+    gpu=dict(
+        model="toy-digits-flow",
+        init="scratch",
+        resolution=32,
+        dataset="sklearn-digits",
+        batch_size=256,
+        lr=2e-4,
+        max_steps=20000,
+        warmup_steps=500,
+        mixed_precision="bf16",
+        lora=False,
+        gradient_checkpointing=False,
+        eval_size=1000,
+        sample_steps=20,
+        toy_2d_steps=5000,
+    ),
+    help="conditional flow matching on 8×8 digits (diffusers UNet2DModel, class-conditional)",
+)
 
 # %% ../../nbs/40_flow.ipynb #ecd12208
 def check_flow_errors(fn) -> str:
@@ -326,6 +501,8 @@ def check_flow_errors(fn) -> str:
     m = MLPVelocity(3, hidden=16, depth=1)
     x0, eps, sig = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.rand(6, generator=g)
     got, want = fn(m, x0, eps, sig), flow_errors(m, x0, eps, sig)
-    assert got.shape == want.shape, f"expected per-example errors of shape {tuple(want.shape)}, got {tuple(got.shape)}"
+    assert got.shape == want.shape, (
+        f"expected per-example errors of shape {tuple(want.shape)}, got {tuple(got.shape)}"
+    )
     assert torch.allclose(got, want, atol=1e-5), "values differ: is the target ε − x0 and x_σ = (1−σ)x0 + σε?"
     return "correct"

@@ -9,7 +9,14 @@ import torch, torch.nn.functional as F
 from ..config import register_objective
 from .flow import flow_errors
 from .prefs import adapters_disabled, encode_pair
-from .dpo import PREF_LOSSES, IMAGE_PREF_TOY, IMAGE_PREF_GPU, train_image_prefs, _draw, _check_errs
+from alignbook.diffusion.dpo import (
+    PREF_LOSSES,
+    IMAGE_PREF_TOY,
+    IMAGE_PREF_GPU,
+    train_image_prefs,
+    _draw,
+    _check_errs,
+)
 
 # %% auto #0
 __all__ = ['diffusion_kto_reference_point', 'diffusion_kto_loss', 'diffusion_kto_loss_fn', 'check_diffusion_kto']
@@ -19,19 +26,34 @@ def diffusion_kto_reference_point(model_err: torch.Tensor, ref_err: torch.Tensor
     "z = max(0, mean(ref_err − model_err)), detached (scalar)."
     return (ref_err.detach() - model_err.detach()).mean().clamp(min=0)
 
-def diffusion_kto_loss(model_err: torch.Tensor, ref_err: torch.Tensor, desirable: torch.Tensor, beta: float = 1000.0,
-                       lambda_d: float = 1.0, lambda_u: float = 1.0, ref_point: torch.Tensor | float | None = None) -> torch.Tensor:
+
+def diffusion_kto_loss(
+    model_err: torch.Tensor,
+    ref_err: torch.Tensor,
+    desirable: torch.Tensor,
+    beta: float = 1000.0,
+    lambda_d: float = 1.0,
+    lambda_u: float = 1.0,
+    ref_point: torch.Tensor | float | None = None,
+) -> torch.Tensor:
     "Per-example Diffusion-KTO loss λ_y·(1 − σ(±β·(g − z))) (B,), g = ref_err − model_err, z clamped ≥ 0 and detached."
     _check_errs(model_err=model_err, ref_err=ref_err)
     desirable = torch.as_tensor(desirable, device=model_err.device)
     if desirable.shape != model_err.shape:
-        raise ValueError(f"desirable must be one bool/0-1 label per example, shape {tuple(model_err.shape)}, got {tuple(desirable.shape)}")
+        raise ValueError(
+            f"desirable must be one bool/0-1 label per example, shape {tuple(model_err.shape)}, got {tuple(desirable.shape)}"
+        )
     if not ((desirable == 0) | (desirable == 1)).all():
         raise ValueError("desirable labels must be 0/1 or bool (1 = thumbs-up); drop ties or map them first")
-    if beta <= 0: raise ValueError(f"beta must be > 0 (paper: 1000 for per-pixel mean errors), got {beta}")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0 (paper: 1000 for per-pixel mean errors), got {beta}")
     d = desirable.bool()
     g = ref_err.detach() - model_err
-    z = diffusion_kto_reference_point(model_err, ref_err) if ref_point is None else torch.as_tensor(ref_point).to(g).detach().clamp(min=0)
+    z = (
+        diffusion_kto_reference_point(model_err, ref_err)
+        if ref_point is None
+        else torch.as_tensor(ref_point).to(g).detach().clamp(min=0)
+    )
     sign = d.float() * 2 - 1
     h = torch.sigmoid(sign * beta * (g - z))
     w = torch.where(d, torch.full_like(g, lambda_d), torch.full_like(g, lambda_u))
@@ -40,39 +62,60 @@ def diffusion_kto_loss(model_err: torch.Tensor, ref_err: torch.Tensor, desirable
 # %% ../../nbs/44_diffusion_kto.ipynb #0ea2f42b
 def diffusion_kto_loss_fn(beta: float = 1000.0, lambda_d: float = 1.0, lambda_u: float = 1.0, ref_model=None):
     "Trainer loss_fn(model, batch) → (mean Diffusion-KTO loss, metrics); chosen → desirable, rejected → undesirable."
+
     def loss_fn(model, batch):
         x_w, x_l = encode_pair(model, batch["x_w"], batch["x_l"])
-        x = torch.cat([x_w, x_l]); B = len(x_w)
-        cond = batch["cond"]; c2 = torch.cat([cond, cond]) if torch.is_tensor(cond) else list(cond) + list(cond)
+        x = torch.cat([x_w, x_l])
+        B = len(x_w)
+        cond = batch["cond"]
+        c2 = torch.cat([cond, cond]) if torch.is_tensor(cond) else list(cond) + list(cond)
         lab = torch.cat([torch.ones(B), torch.zeros(B)]).to(x.device)
-        noise, sigma = _draw(x)                                   # unpaired: independent noise per image
-        errs = lambda m: (m.denoising_errors if hasattr(m, "denoising_errors") else lambda *a: flow_errors(m, *a))(x, noise, sigma, c2)
+        noise, sigma = _draw(x)  # unpaired: independent noise per image
+        errs = lambda m: (
+            m.denoising_errors if hasattr(m, "denoising_errors") else lambda *a: flow_errors(m, *a)
+        )(x, noise, sigma, c2)
         me = errs(model)
         with torch.no_grad():
-            if ref_model is not None: re = errs(ref_model)
+            if ref_model is not None:
+                re = errs(ref_model)
             else:
-                with adapters_disabled(model): re = errs(model)
+                with adapters_disabled(model):
+                    re = errs(model)
         per = diffusion_kto_loss(me, re, lab, beta, lambda_d, lambda_u)
         g = (re - me).detach()
-        return per.mean(), {"raw_model_loss": me.mean().detach(), "ref_loss": re.mean(), "kl": g.mean().clamp(min=0),
-                            "reward_desirable": g[:B].mean(), "reward_undesirable": g[B:].mean()}
+        return per.mean(), {
+            "raw_model_loss": me.mean().detach(),
+            "ref_loss": re.mean(),
+            "kl": g.mean().clamp(min=0),
+            "reward_desirable": g[:B].mean(),
+            "reward_undesirable": g[B:].mean(),
+        }
+
     return loss_fn
 
-PREF_LOSSES["diffusion-kto"] = lambda cfg, ref_model=None: diffusion_kto_loss_fn(cfg.beta, cfg.lambda_d, cfg.lambda_u, ref_model)
-register_objective("diffusion-kto", train_image_prefs, toy=dict(IMAGE_PREF_TOY, beta=1000.0, lambda_d=1.0, lambda_u=1.0),
-                   gpu=dict(IMAGE_PREF_GPU, beta=1000.0, lambda_d=1.0, lambda_u=1.0),
-                   help="Diffusion-KTO (Li et al. 2024): per-image utility with a clamped, detached reference point")
+
+PREF_LOSSES["diffusion-kto"] = lambda cfg, ref_model=None: diffusion_kto_loss_fn(
+    cfg.beta, cfg.lambda_d, cfg.lambda_u, ref_model
+)
+register_objective(
+    "diffusion-kto",
+    train_image_prefs,
+    toy=dict(IMAGE_PREF_TOY, beta=1000.0, lambda_d=1.0, lambda_u=1.0),
+    gpu=dict(IMAGE_PREF_GPU, beta=1000.0, lambda_d=1.0, lambda_u=1.0),
+    help="Diffusion-KTO (Li et al. 2024): per-image utility with a clamped, detached reference point",
+)
 
 # %% ../../nbs/44_diffusion_kto.ipynb #366b7a91
 def check_diffusion_kto(fn) -> str:
     "Check a student's fn(model_err, ref_err, desirable, beta) against `diffusion_kto_loss`, gradient included."
     g = torch.Generator().manual_seed(3)
-    me, re = torch.rand(6, generator=g), torch.rand(6, generator=g) + 0.3   # policy better on average: z > 0
+    me, re = torch.rand(6, generator=g), torch.rand(6, generator=g) + 0.3  # policy better on average: z > 0
     lab = torch.tensor([1, 1, 0, 1, 0, 0])
     a, b = me.clone().requires_grad_(), me.clone().requires_grad_()
     got, want = fn(a, re, lab, 5.0), diffusion_kto_loss(b, re, lab, 5.0)
     assert got.shape == want.shape, f"return per-example losses of shape {tuple(want.shape)}"
     assert torch.allclose(got, want, atol=1e-5), "values differ: g = ref_err − model_err, z = max(0, mean g)"
-    got.sum().backward(); want.sum().backward()
+    got.sum().backward()
+    want.sum().backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-5), "gradients differ: is the reference point detached?"
     return "correct"

@@ -8,7 +8,14 @@ import math
 import torch, torch.nn.functional as F
 from ..config import register_objective
 from .prefs import pair_errors, encode_pair
-from .dpo import PREF_LOSSES, IMAGE_PREF_TOY, IMAGE_PREF_GPU, train_image_prefs, _draw, _check_errs
+from alignbook.diffusion.dpo import (
+    PREF_LOSSES,
+    IMAGE_PREF_TOY,
+    IMAGE_PREF_GPU,
+    train_image_prefs,
+    _draw,
+    _check_errs,
+)
 
 # %% auto #0
 __all__ = ['mapo_g', 'mapo_margin', 'mapo_loss', 'mapo_loss_fn', 'check_mapo_g']
@@ -17,41 +24,58 @@ __all__ = ['mapo_g', 'mapo_margin', 'mapo_loss', 'mapo_loss_fn', 'check_mapo_g']
 def mapo_g(u: torch.Tensor) -> torch.Tensor:
     "g(u) = u / (e^u − 1), with g(0) = 1; stable (value and gradient) near 0 and for large |u|."
     small, pos = u.abs() < 1e-3, u > 0
-    up = torch.where(pos & ~small, u, torch.ones_like(u))      # safe inputs: the unused branch stays finite
+    up = torch.where(pos & ~small, u, torch.ones_like(u))  # safe inputs: the unused branch stays finite
     un = torch.where(~pos & ~small, u, -torch.ones_like(u))
-    g_pos = up * torch.exp(-up) / -torch.expm1(-up)            # = u/(e^u − 1) without overflowing e^u
+    g_pos = up * torch.exp(-up) / -torch.expm1(-up)  # = u/(e^u − 1) without overflowing e^u
     g_neg = un / torch.expm1(un)
     return torch.where(small, 1 - u / 2 + u * u / 12, torch.where(pos, g_pos, g_neg))
+
 
 def mapo_margin(err_w: torch.Tensor, err_l: torch.Tensor, snr: float = 0.5) -> torch.Tensor:
     "g(s·err_w) − g(s·err_l) (B,): > 0 when the chosen image is denoised better than the rejected."
     return mapo_g(snr * err_w) - mapo_g(snr * err_l)
 
-def mapo_loss(err_w: torch.Tensor, err_l: torch.Tensor, beta: float = 0.1, snr: float = 0.5,
-              num_timesteps: int = 1000) -> torch.Tensor:
+
+def mapo_loss(
+    err_w: torch.Tensor, err_l: torch.Tensor, beta: float = 0.1, snr: float = 0.5, num_timesteps: int = 1000
+) -> torch.Tensor:
     "Per-example MaPO loss err_w − β·logσ(T·(g(s·err_w) − g(s·err_l))) (B,); reference-free."
     _check_errs(err_w=err_w, err_l=err_l)
-    if beta < 0: raise ValueError(f"beta must be >= 0 (paper: 0.1), got {beta}")
-    if snr <= 0: raise ValueError(f"snr must be > 0 (paper: 0.5), got {snr}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0 (paper: 0.1), got {beta}")
+    if snr <= 0:
+        raise ValueError(f"snr must be > 0 (paper: 0.5), got {snr}")
     return err_w - beta * F.logsigmoid(num_timesteps * mapo_margin(err_w, err_l, snr))
 
 # %% ../../nbs/43_mapo.ipynb #6679a47c
 def mapo_loss_fn(beta: float = 0.1, snr: float = 0.5, num_timesteps: int = 1000):
     "Trainer loss_fn(model, batch) → (mean MaPO loss, metrics); same noise and σ for chosen and rejected."
+
     def loss_fn(model, batch):
         x_w, x_l = encode_pair(model, batch["x_w"], batch["x_l"])
         noise, sigma = _draw(x_w)
         ew, el = pair_errors(model, x_w, x_l, batch["cond"], noise, sigma)
         per = mapo_loss(ew, el, beta, snr, num_timesteps)
         margin = mapo_margin(ew.detach(), el.detach(), snr)
-        return per.mean(), {"raw_model_loss": 0.5 * (ew.mean() + el.mean()).detach(), "chosen_err": ew.mean().detach(),
-                            "rejected_err": el.mean().detach(), "margin": margin.mean(), "margin_acc": (margin > 0).float().mean()}
+        return per.mean(), {
+            "raw_model_loss": 0.5 * (ew.mean() + el.mean()).detach(),
+            "chosen_err": ew.mean().detach(),
+            "rejected_err": el.mean().detach(),
+            "margin": margin.mean(),
+            "margin_acc": (margin > 0).float().mean(),
+        }
+
     return loss_fn
 
+
 PREF_LOSSES["mapo"] = lambda cfg, ref_model=None: mapo_loss_fn(cfg.beta, cfg.snr, cfg.num_timesteps)
-register_objective("mapo", train_image_prefs, toy=dict(IMAGE_PREF_TOY, beta=0.1, snr=0.5, num_timesteps=1000),
-                   gpu=dict(IMAGE_PREF_GPU, beta=0.1, snr=0.5, num_timesteps=1000),
-                   help="MaPO (Hong et al. 2024): reference-free margin-aware preference optimisation")
+register_objective(
+    "mapo",
+    train_image_prefs,
+    toy=dict(IMAGE_PREF_TOY, beta=0.1, snr=0.5, num_timesteps=1000),
+    gpu=dict(IMAGE_PREF_GPU, beta=0.1, snr=0.5, num_timesteps=1000),
+    help="MaPO (Hong et al. 2024): reference-free margin-aware preference optimisation",
+)
 
 # %% ../../nbs/43_mapo.ipynb #e0b4d551
 def check_mapo_g(fn) -> str:
@@ -60,6 +84,8 @@ def check_mapo_g(fn) -> str:
     got = fn(u)
     assert torch.allclose(got.detach(), mapo_g(u).detach(), atol=1e-5), "values differ (g(0) must be 1)"
     got.sum().backward()
-    assert torch.isfinite(u.grad).all(), "gradient is not finite: avoid dividing 0/0 even in the unused torch.where branch"
+    assert torch.isfinite(u.grad).all(), (
+        "gradient is not finite: avoid dividing 0/0 even in the unused torch.where branch"
+    )
     assert abs(u.grad[0].item() + 0.5) < 1e-3, f"g'(0) should be -1/2, got {u.grad[0].item()}"
     return "correct"

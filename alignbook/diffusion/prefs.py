@@ -11,8 +11,17 @@ import torch, torch.nn.functional as F
 from PIL import Image
 import datasets
 from ..data import DataFormatError
-from .flow import (flow_errors, sample_ode, toy_digits_flow, to_unit, show_grid, sample_sigmas,
-                                      interpolate, flow_target, velocity)
+from alignbook.diffusion.flow import (
+    flow_errors,
+    sample_ode,
+    toy_digits_flow,
+    to_unit,
+    show_grid,
+    sample_sigmas,
+    interpolate,
+    flow_target,
+    velocity,
+)
 
 # %% auto #0
 __all__ = ['TASTES', 'PICKAPIC_COLUMNS', 'stroke_ink', 'brightness_contrast', 'human_labels', 'digit_caption', 'caption_class',
@@ -25,52 +34,83 @@ def stroke_ink(images: torch.Tensor) -> torch.Tensor:
     "The toy human's taste: mean ink in [0, 1] of images (B, C, H, W) in [-1, 1] — bolder strokes score higher."
     return to_unit(images).flatten(1).mean(1)
 
+
 def brightness_contrast(images: torch.Tensor) -> torch.Tensor:
     "An alternative taste: fraction of near-saturated pixels (crisp, high-contrast strokes)."
     return (to_unit(images) > 0.75).float().flatten(1).mean(1)
 
+
 TASTES = {"ink": stroke_ink, "crisp": brightness_contrast}
 
-def human_labels(images_0: torch.Tensor, images_1: torch.Tensor, taste: str = "ink", tie_margin: float = 0.01,
-                 temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+
+def human_labels(
+    images_0: torch.Tensor,
+    images_1: torch.Tensor,
+    taste: str = "ink",
+    tie_margin: float = 0.01,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     "label_0 (B,): 1 if image 0 wins, 0 if image 1 wins, 0.5 for a tie (|Δscore| ≤ tie_margin); temperature>0 → Bradley–Terry noise."
-    if taste not in TASTES: raise ValueError(f"unknown taste {taste!r}; choose one of {list(TASTES)}")
+    if taste not in TASTES:
+        raise ValueError(f"unknown taste {taste!r}; choose one of {list(TASTES)}")
     d = TASTES[taste](images_0) - TASTES[taste](images_1)
     if temperature > 0:
         win = torch.rand(d.shape, generator=generator) < torch.sigmoid(d / temperature)
         lab = win.float()
-    else: lab = (d > 0).float()
+    else:
+        lab = (d > 0).float()
     return torch.where(d.abs() <= tie_margin, torch.full_like(lab, 0.5), lab)
 
 # %% ../../nbs/41_image_prefs.ipynb #943c1a7b
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0", "label_1", "caption")
 
+
 def digit_caption(c: int) -> str:
     "The toy caption for class c."
     return f"a handwritten digit {int(c)}"
 
+
 def caption_class(caption: str) -> int:
     "Parse the digit back from a toy caption (ValueError if there is none)."
     m = re.search(r"\b([0-9])\b", caption or "")
-    if not m: raise ValueError(f"caption {caption!r} names no digit 0-9; toy captions look like {digit_caption(3)!r}")
+    if not m:
+        raise ValueError(
+            f"caption {caption!r} names no digit 0-9; toy captions look like {digit_caption(3)!r}"
+        )
     return int(m.group(1))
+
 
 def image_to_png(x: torch.Tensor) -> bytes:
     "One image (1, H, W) in [-1, 1] as 8-bit grayscale PNG bytes."
     a = (to_unit(x)[0].numpy() * 255).round().astype(np.uint8)
-    buf = io.BytesIO(); Image.fromarray(a, mode="L").save(buf, format="PNG"); return buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(a, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
 
 def png_to_image(b: bytes, size: int | None = None, channels: int = 1) -> torch.Tensor:
     "Decode image bytes to a tensor (channels, H, W) in [-1, 1], optionally resized to size×size."
     im = Image.open(io.BytesIO(b)).convert("L" if channels == 1 else "RGB")
-    if size is not None and im.size != (size, size): im = im.resize((size, size), Image.BICUBIC)
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
     a = torch.tensor(np.asarray(im), dtype=torch.float32) / 255.0
     a = a[None] if channels == 1 else a.permute(2, 0, 1)
     return a * 2 - 1
 
+
 @torch.no_grad()
-def make_toy_pairs(model, n_pairs: int = 512, seed: int = 0, steps: int = 10, method: str = "midpoint",
-                   taste: str = "ink", tie_margin: float = 0.01, drop_ties: bool = True, batch_size: int = 256) -> datasets.Dataset:
+def make_toy_pairs(
+    model,
+    n_pairs: int = 512,
+    seed: int = 0,
+    steps: int = 10,
+    method: str = "midpoint",
+    taste: str = "ink",
+    tie_margin: float = 0.01,
+    drop_ties: bool = True,
+    batch_size: int = 256,
+) -> datasets.Dataset:
     "Sample pairs (same class, different noise) from `model` and label them with the toy human → Pick-a-Pic columns."
     g = torch.Generator().manual_seed(seed)
     cols = {k: [] for k in PICKAPIC_COLUMNS}
@@ -82,11 +122,14 @@ def make_toy_pairs(model, n_pairs: int = 512, seed: int = 0, steps: int = 10, me
         x1 = sample_ode(model, z1, c, steps=steps, method=method).clamp(-1, 1)
         lab = human_labels(x0, x1, taste, tie_margin)
         for j in range(b):
-            cols["jpg_0"].append(image_to_png(x0[j])); cols["jpg_1"].append(image_to_png(x1[j]))
-            cols["label_0"].append(float(lab[j])); cols["label_1"].append(1.0 - float(lab[j]))
+            cols["jpg_0"].append(image_to_png(x0[j]))
+            cols["jpg_1"].append(image_to_png(x1[j]))
+            cols["label_0"].append(float(lab[j]))
+            cols["label_1"].append(1.0 - float(lab[j]))
             cols["caption"].append(digit_caption(c[j]))
     ds = datasets.Dataset.from_dict(cols)
     return drop_tie_rows(ds) if drop_ties else ds
+
 
 def drop_tie_rows(ds: datasets.Dataset) -> datasets.Dataset:
     "Remove ties (label_0 == 0.5), as Diffusion-DPO and MaPO do by default."
@@ -98,30 +141,47 @@ def validate_pickapic(ds, drop_ties: bool = True, check_images: int = 8) -> data
     cols = list(ds.column_names) if hasattr(ds, "column_names") else list(ds[0]) if len(ds) else []
     missing = [c for c in PICKAPIC_COLUMNS if c not in cols]
     if missing:
-        raise DataFormatError(f"Pick-a-Pic data lacks column(s) {missing}; found {cols}. Need {list(PICKAPIC_COLUMNS)}: "
-                              "jpg_0/jpg_1 image bytes, label_0/label_1 in {0, 0.5, 1}, caption text")
-    if len(ds) == 0: raise DataFormatError("Pick-a-Pic data has no rows; pass a non-empty dataset")
+        raise DataFormatError(
+            f"Pick-a-Pic data lacks column(s) {missing}; found {cols}. Need {list(PICKAPIC_COLUMNS)}: "
+            "jpg_0/jpg_1 image bytes, label_0/label_1 in {0, 0.5, 1}, caption text"
+        )
+    if len(ds) == 0:
+        raise DataFormatError("Pick-a-Pic data has no rows; pass a non-empty dataset")
     l0, l1, cap = ds["label_0"], ds["label_1"], ds["caption"]
     for i, (a, b, c) in enumerate(zip(l0, l1, cap)):
         for name, v in (("label_0", a), ("label_1", b)):
             if not isinstance(v, (int, float)) or v not in (0, 0.5, 1):
-                raise DataFormatError(f"row {i}: field {name!r} is {v!r}; labels must be 0, 0.5 or 1 (1 = this image won)")
+                raise DataFormatError(
+                    f"row {i}: field {name!r} is {v!r}; labels must be 0, 0.5 or 1 (1 = this image won)"
+                )
         if a + b != 1:
-            raise DataFormatError(f"row {i}: label_0 + label_1 = {a} + {b} != 1; use (1, 0), (0, 1) or (0.5, 0.5) for a tie")
+            raise DataFormatError(
+                f"row {i}: label_0 + label_1 = {a} + {b} != 1; use (1, 0), (0, 1) or (0.5, 0.5) for a tie"
+            )
         if not isinstance(c, str):
-            raise DataFormatError(f"row {i}: field 'caption' is {type(c).__name__}; it must be the prompt text (str)")
+            raise DataFormatError(
+                f"row {i}: field 'caption' is {type(c).__name__}; it must be the prompt text (str)"
+            )
     for i in range(min(check_images, len(ds))):
         for name in ("jpg_0", "jpg_1"):
             v = ds[i][name]
             if not isinstance(v, (bytes, bytearray)) and not hasattr(v, "convert"):
-                raise DataFormatError(f"row {i}: field {name!r} is {type(v).__name__}; it must hold encoded image bytes (PNG/JPEG) or a PIL image")
+                raise DataFormatError(
+                    f"row {i}: field {name!r} is {type(v).__name__}; it must hold encoded image bytes (PNG/JPEG) or a PIL image"
+                )
             if isinstance(v, (bytes, bytearray)):
-                try: Image.open(io.BytesIO(v)).verify()
+                try:
+                    Image.open(io.BytesIO(v)).verify()
                 except Exception as e:
-                    raise DataFormatError(f"row {i}: field {name!r} does not decode as an image ({e}); store PNG or JPEG bytes") from None
+                    raise DataFormatError(
+                        f"row {i}: field {name!r} does not decode as an image ({e}); store PNG or JPEG bytes"
+                    ) from None
     if drop_ties:
         ds = drop_tie_rows(ds)
-        if len(ds) == 0: raise DataFormatError("every row is a tie (label_0 = 0.5); nothing to learn from. Pass drop_ties=False or add decided pairs")
+        if len(ds) == 0:
+            raise DataFormatError(
+                "every row is a tie (label_0 = 0.5); nothing to learn from. Pass drop_ties=False or add decided pairs"
+            )
     return ds
 
 # %% ../../nbs/41_image_prefs.ipynb #eeefaa30
@@ -130,97 +190,172 @@ def pickapic_tensors(ds, size: int = 8, channels: int = 1, toy: bool = True) -> 
     xw, xl = [], []
     for i in range(len(ds)):
         r = ds[i]
-        if r["label_0"] == 0.5: raise DataFormatError(f"row {i} is a tie (label_0 = 0.5); drop ties first (validate_pickapic(ds, drop_ties=True))")
+        if r["label_0"] == 0.5:
+            raise DataFormatError(
+                f"row {i} is a tie (label_0 = 0.5); drop ties first (validate_pickapic(ds, drop_ties=True))"
+            )
         w, l = ("jpg_0", "jpg_1") if r["label_0"] == 1 else ("jpg_1", "jpg_0")
-        dec = lambda v: png_to_image(v, size, channels) if isinstance(v, (bytes, bytearray)) else png_to_image(_pil_bytes(v), size, channels)
-        xw.append(dec(r[w])); xl.append(dec(r[l]))
+        dec = lambda v: (
+            png_to_image(v, size, channels)
+            if isinstance(v, (bytes, bytearray))
+            else png_to_image(_pil_bytes(v), size, channels)
+        )
+        xw.append(dec(r[w]))
+        xl.append(dec(r[l]))
     caps = list(ds["caption"])
     cond = torch.tensor([caption_class(c) for c in caps]) if toy else caps
     return {"x_w": torch.stack(xw), "x_l": torch.stack(xl), "cond": cond}
 
+
 def _pil_bytes(im) -> bytes:
-    buf = io.BytesIO(); im.save(buf, format="PNG"); return buf.getvalue()
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
 
 def pickapic_rows(ds, size: int = 8, channels: int = 1, toy: bool = True) -> list[dict]:
     "Rows dict(x_w, x_l, cond) for `alignbook.train.Trainer` (cond: class id for the toy, caption text otherwise)."
     t = pickapic_tensors(ds, size, channels, toy)
     return [{"x_w": t["x_w"][i], "x_l": t["x_l"][i], "cond": t["cond"][i]} for i in range(len(t["x_w"]))]
 
+
 def collate_image_prefs(rows: list[dict]) -> dict:
     "Stack rows into a batch dict(x_w (B,C,H,W), x_l, cond (B,) or list of captions)."
-    if not rows: raise ValueError("collate_image_prefs: empty list of rows")
+    if not rows:
+        raise ValueError("collate_image_prefs: empty list of rows")
     c = [r["cond"] for r in rows]
-    return {"x_w": torch.stack([r["x_w"] for r in rows]), "x_l": torch.stack([r["x_l"] for r in rows]),
-            "cond": torch.stack(c) if torch.is_tensor(c[0]) else c}
+    return {
+        "x_w": torch.stack([r["x_w"] for r in rows]),
+        "x_l": torch.stack([r["x_l"] for r in rows]),
+        "cond": torch.stack(c) if torch.is_tensor(c[0]) else c,
+    }
 
 # %% ../../nbs/41_image_prefs.ipynb #e6087570
-def load_pickapic(name_or_path: str, split: str = "train", n: int | None = None, drop_ties: bool = True) -> datasets.Dataset:
+def load_pickapic(
+    name_or_path: str, split: str = "train", n: int | None = None, drop_ties: bool = True
+) -> datasets.Dataset:
     "Pick-a-Pic from a local save_to_disk dir, parquet file(s)/dir, or a Hub name; validated, ties dropped, first n rows."
     p = Path(str(name_or_path))
-    if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists() or (p / "dataset_dict.json").exists()):
+    if p.is_dir() and (
+        (p / "dataset_info.json").exists()
+        or (p / "state.json").exists()
+        or (p / "dataset_dict.json").exists()
+    ):
         ds = datasets.load_from_disk(str(p))
-        if isinstance(ds, datasets.DatasetDict): ds = ds[split]
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
     elif p.exists():
         files = sorted(str(f) for f in (p.rglob("*.parquet") if p.is_dir() else [p]))
-        if not files: raise FileNotFoundError(f"load_pickapic: no parquet files under {p}; write them with Dataset.to_parquet")
+        if not files:
+            raise FileNotFoundError(
+                f"load_pickapic: no parquet files under {p}; write them with Dataset.to_parquet"
+            )
         ds = datasets.load_dataset("parquet", data_files=files, split="train")
     else:
         ds = datasets.load_dataset(str(name_or_path), split=split if n is None else f"{split}[:{n}]")
     keep = [c for c in ds.column_names if c in PICKAPIC_COLUMNS]
     ds = ds.select_columns(keep) if keep else ds
-    if n is not None and len(ds) > n: ds = ds.select(range(n))
+    if n is not None and len(ds) > n:
+        ds = ds.select(range(n))
     return validate_pickapic(ds, drop_ties=drop_ties)
 
 # %% ../../nbs/41_image_prefs.ipynb #9335079b
 def encode_pair(model, x_w: torch.Tensor, x_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Move chosen/rejected pixels into the model's space (VAE latents for Stable Diffusion; identity for pixel flows)."
-    if not hasattr(model, "encode_images"): return x_w, x_l
-    with torch.no_grad(): z = model.encode_images(torch.cat([x_w, x_l]))
-    return z[:len(x_w)], z[len(x_w):]
+    if not hasattr(model, "encode_images"):
+        return x_w, x_l
+    with torch.no_grad():
+        z = model.encode_images(torch.cat([x_w, x_l]))
+    return z[: len(x_w)], z[len(x_w) :]
 
-def pair_errors(model, x_w: torch.Tensor, x_l: torch.Tensor, cond=None, noise: torch.Tensor | None = None,
-                sigma: torch.Tensor | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+
+def pair_errors(
+    model,
+    x_w: torch.Tensor,
+    x_l: torch.Tensor,
+    cond=None,
+    noise: torch.Tensor | None = None,
+    sigma: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-example errors (err_w (B,), err_l (B,)) with the same noise and σ for chosen and rejected; one 2B forward."
-    if x_w.shape != x_l.shape: raise ValueError(f"pair_errors: chosen {tuple(x_w.shape)} and rejected {tuple(x_l.shape)} must have the same shape")
+    if x_w.shape != x_l.shape:
+        raise ValueError(
+            f"pair_errors: chosen {tuple(x_w.shape)} and rejected {tuple(x_l.shape)} must have the same shape"
+        )
     B = x_w.shape[0]
-    if noise is None: noise = torch.randn(x_w.shape, generator=generator).to(x_w)
-    if sigma is None: sigma = sample_sigmas(B, generator, device=x_w.device)
-    c2 = None if cond is None else (torch.cat([cond, cond]) if torch.is_tensor(cond) else list(cond) + list(cond))
-    errs = (model.denoising_errors if hasattr(model, "denoising_errors") else
-            lambda *a: flow_errors(model, *a))(torch.cat([x_w, x_l]), torch.cat([noise, noise]), torch.cat([sigma, sigma]), c2)
+    if noise is None:
+        noise = torch.randn(x_w.shape, generator=generator).to(x_w)
+    if sigma is None:
+        sigma = sample_sigmas(B, generator, device=x_w.device)
+    c2 = (
+        None
+        if cond is None
+        else (torch.cat([cond, cond]) if torch.is_tensor(cond) else list(cond) + list(cond))
+    )
+    errs = (
+        model.denoising_errors if hasattr(model, "denoising_errors") else lambda *a: flow_errors(model, *a)
+    )(torch.cat([x_w, x_l]), torch.cat([noise, noise]), torch.cat([sigma, sigma]), c2)
     return errs[:B], errs[B:]
+
 
 def lora_layers(model) -> list:
     "The peft LoRA layers inside a model (or inside `.unet` of a pipeline wrapper)."
     from peft.tuners.tuners_utils import BaseTunerLayer
+
     return [m for m in getattr(model, "unet", model).modules() if isinstance(m, BaseTunerLayer)]
+
 
 @contextlib.contextmanager
 def adapters_disabled(model):
     "Inside the block the model is its base: every peft LoRA layer is switched off (and back on afterwards)."
     layers = lora_layers(model)
-    if not layers: raise ValueError("adapters_disabled: the model has no LoRA adapters; add them (add_lora) or pass ref_model= a frozen copy")
-    for m in layers: m.enable_adapters(False)
-    try: yield model
+    if not layers:
+        raise ValueError(
+            "adapters_disabled: the model has no LoRA adapters; add them (add_lora) or pass ref_model= a frozen copy"
+        )
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield model
     finally:
-        for m in layers: m.enable_adapters(True)
+        for m in layers:
+            m.enable_adapters(True)
 
-def reference_errors(model, x_w, x_l, cond=None, noise=None, sigma=None, ref_model=None) -> tuple[torch.Tensor, torch.Tensor]:
+
+def reference_errors(
+    model, x_w, x_l, cond=None, noise=None, sigma=None, ref_model=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Reference errors under no_grad: a separate ref_model if given, else `model` with adapters disabled."
     with torch.no_grad():
-        if ref_model is not None: return pair_errors(ref_model, x_w, x_l, cond, noise, sigma)
-        with adapters_disabled(model): return pair_errors(model, x_w, x_l, cond, noise, sigma)
+        if ref_model is not None:
+            return pair_errors(ref_model, x_w, x_l, cond, noise, sigma)
+        with adapters_disabled(model):
+            return pair_errors(model, x_w, x_l, cond, noise, sigma)
 
 # %% ../../nbs/41_image_prefs.ipynb #70db6fd0
-def add_lora(unet, r: int = 8, alpha: int = 16, targets=("conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"),
-             dropout: float = 0.0, seed: int | None = 0):
+def add_lora(
+    unet,
+    r: int = 8,
+    alpha: int = 16,
+    targets=("conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"),
+    dropout: float = 0.0,
+    seed: int | None = 0,
+):
     "Inject peft LoRA adapters in place into a diffusers UNet (or `.unet` of a pipeline wrapper); only LoRA weights train."
     from peft import LoraConfig, inject_adapter_in_model
-    if seed is not None: torch.manual_seed(seed)
+
+    if seed is not None:
+        torch.manual_seed(seed)
     model, unet = unet, getattr(unet, "unet", unet)
-    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
-                                       init_lora_weights=True), unet)
-    for n, p in model.named_parameters(): p.requires_grad_("lora_" in n)
+    inject_adapter_in_model(
+        LoraConfig(
+            r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout, init_lora_weights=True
+        ),
+        unet,
+    )
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n)
     return model
 
 # %% ../../nbs/41_image_prefs.ipynb #81bb40c7
@@ -228,6 +363,8 @@ def check_taste(fn) -> str:
     "Check a taste function: images (B,1,8,8) in [-1,1] → finite scores (B,)."
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     s = fn(x)
-    assert torch.is_tensor(s) and s.shape == (5,), f"expected a tensor of shape (5,), got {getattr(s, 'shape', type(s))}"
+    assert torch.is_tensor(s) and s.shape == (5,), (
+        f"expected a tensor of shape (5,), got {getattr(s, 'shape', type(s))}"
+    )
     assert torch.isfinite(s).all(), "scores must be finite"
     return "correct"

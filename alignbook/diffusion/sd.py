@@ -16,9 +16,14 @@ __all__ = ['LatentDiffusion', 'load_latent_diffusion', 'build_tiny_sd', 'LazyPic
 # %% ../../nbs/45_stable_diffusion.ipynb #9625ccd8
 class LatentDiffusion(nn.Module):
     "UNet + frozen VAE + frozen text encoder + noise scheduler, exposing encode_images / denoising_errors."
+
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler):
         super().__init__()
-        self.unet, self.vae, self.text_encoder = unet, vae.requires_grad_(False), text_encoder.requires_grad_(False)
+        self.unet, self.vae, self.text_encoder = (
+            unet,
+            vae.requires_grad_(False),
+            text_encoder.requires_grad_(False),
+        )
         self.tokenizer, self.scheduler = tokenizer, scheduler
 
     @torch.no_grad()
@@ -30,16 +35,24 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         "Captions → CLIP hidden states (B, L, D)."
-        ids = self.tokenizer(list(captions), padding="max_length", truncation=True, return_tensors="pt",
-                             max_length=min(self.tokenizer.model_max_length, 77)).input_ids
+        ids = self.tokenizer(
+            list(captions),
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+            max_length=min(self.tokenizer.model_max_length, 77),
+        ).input_ids
         return self.text_encoder(ids.to(self.text_encoder.device))[0]
 
-    def denoising_errors(self, z: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, captions) -> torch.Tensor:
+    def denoising_errors(
+        self, z: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, captions
+    ) -> torch.Tensor:
         "Per-example mean squared error of the UNet's prediction (ε, v, or flow velocity, by scheduler) (B,)."
         emb = self.encode_text(captions).to(self.unet.dtype)
         cfg = self.scheduler.config
         if "FlowMatch" in type(self.scheduler).__name__:
             from alignbook.diffusion.flow import interpolate, flow_target, NUM_TRAIN_TIMESTEPS
+
             zt, target, t = interpolate(z, noise, sigma), flow_target(z, noise), sigma * NUM_TRAIN_TIMESTEPS
         else:
             T = cfg.num_train_timesteps
@@ -49,10 +62,12 @@ class LatentDiffusion(nn.Module):
         pred = self.unet(zt.to(self.unet.dtype), t, encoder_hidden_states=emb).sample
         return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
+
 def load_latent_diffusion(name_or_path: str, resolution: int = 512, dtype=None) -> LatentDiffusion:
     "Load unet/vae/text_encoder/tokenizer/scheduler subfolders of a Stable Diffusion repo or local dir (no safety checker)."
     from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler
     from transformers import CLIPTextModel, AutoTokenizer
+
     p = str(name_or_path)
     frozen = dict(torch_dtype=dtype) if dtype is not None else {}
     try:
@@ -62,8 +77,10 @@ def load_latent_diffusion(name_or_path: str, resolution: int = 512, dtype=None) 
         tok = AutoTokenizer.from_pretrained(p, subfolder="tokenizer")
         sch = DDPMScheduler.from_pretrained(p, subfolder="scheduler")
     except OSError as e:
-        raise OSError(f"load_latent_diffusion: {p!r} is not a Stable Diffusion repo/dir with unet/, vae/, text_encoder/, "
-                      f"tokenizer/, scheduler/ subfolders ({e})") from None
+        raise OSError(
+            f"load_latent_diffusion: {p!r} is not a Stable Diffusion repo/dir with unet/, vae/, text_encoder/, "
+            f"tokenizer/, scheduler/ subfolders ({e})"
+        ) from None
     return LatentDiffusion(unet, vae, te, tok, sch)
 
 # %% ../../nbs/45_stable_diffusion.ipynb #cefa7166
@@ -72,37 +89,106 @@ def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
-    path = Path(path); torch.manual_seed(seed)
-    words = ["<pad>", "<unk>", "<s>", "</s>"] + "a an the of photo painting cat dog red blue green tree house in on with".split()
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")); tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=16)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3))
-    unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=32, norm_num_groups=8, attention_head_dim=4)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16), norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=32)
-    sch = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="epsilon")
-    for name, m in [("unet", unet), ("vae", vae), ("text_encoder", te), ("tokenizer", tok), ("scheduler", sch)]:
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    words = [
+        "<pad>",
+        "<unk>",
+        "<s>",
+        "</s>",
+    ] + "a an the of photo painting cat dog red blue green tree house in on with".split()
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=16,
+    )
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(words),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16, 16, 16),
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=32,
+    )
+    sch = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="epsilon",
+    )
+    for name, m in [
+        ("unet", unet),
+        ("vae", vae),
+        ("text_encoder", te),
+        ("tokenizer", tok),
+        ("scheduler", sch),
+    ]:
         m.save_pretrained(path / name)
-    (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1"}))
+    (path / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1"})
+    )
     return path
 
 # %% ../../nbs/45_stable_diffusion.ipynb #33fad6e3
 class LazyPickapicRows:
     "Indexable rows dict(x_w, x_l, cond=caption) decoded on access from a validated, tie-free Pick-a-Pic dataset."
+
     def __init__(self, ds, size: int = 512):
         self.ds, self.size = ds, size
         self.labels = list(ds["label_0"])
         bad = [i for i, l in enumerate(self.labels) if l == 0.5]
-        if bad: raise ValueError(f"LazyPickapicRows: row {bad[0]} is a tie (label_0 = 0.5); load with drop_ties=True")
-    def __len__(self): return len(self.ds)
+        if bad:
+            raise ValueError(
+                f"LazyPickapicRows: row {bad[0]} is a tie (label_0 = 0.5); load with drop_ties=True"
+            )
+
+    def __len__(self):
+        return len(self.ds)
+
     def __getitem__(self, i: int) -> dict:
         r = self.ds[int(i)]
         w, l = ("jpg_0", "jpg_1") if r["label_0"] == 1 else ("jpg_1", "jpg_0")
-        dec = lambda v: png_to_image(v if isinstance(v, (bytes, bytearray)) else _to_bytes(v), self.size, channels=3)
+        dec = lambda v: png_to_image(
+            v if isinstance(v, (bytes, bytearray)) else _to_bytes(v), self.size, channels=3
+        )
         return {"x_w": dec(r[w]), "x_l": dec(r[l]), "cond": r["caption"]}
 
+
 def _to_bytes(im) -> bytes:
-    buf = io.BytesIO(); im.save(buf, format="PNG"); return buf.getvalue()
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()

@@ -14,16 +14,21 @@ __all__ = ['LOSS_TYPES', 'check_same_shape', 'check_positive', 'dpo_loss', 'pref
 # %% ../../nbs/22_dpo.ipynb #34dace76
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
 
+
 def check_same_shape(**tensors):
     "Raise a ValueError naming the argument whose shape differs from the first one's."
     items = [(k, v) for k, v in tensors.items() if v is not None]
     k0, v0 = items[0]
     for k, v in items:
-        if not torch.is_tensor(v): raise TypeError(f"`{k}` must be a torch.Tensor, got {type(v).__name__}")
+        if not torch.is_tensor(v):
+            raise TypeError(f"`{k}` must be a torch.Tensor, got {type(v).__name__}")
         if v.shape != v0.shape:
-            raise ValueError(f"`{k}` has shape {tuple(v.shape)} but `{k0}` has shape {tuple(v0.shape)}; "
-                             "pass one value per example (shape (B,)) for every argument")
+            raise ValueError(
+                f"`{k}` has shape {tuple(v.shape)} but `{k0}` has shape {tuple(v0.shape)}; "
+                "pass one value per example (shape (B,)) for every argument"
+            )
     return v0.shape
+
 
 def check_positive(name, value):
     "Raise a ValueError unless `value` is a finite number > 0."
@@ -31,42 +36,66 @@ def check_positive(name, value):
         raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
 
 # %% ../../nbs/22_dpo.ipynb #cf372ed1
-def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1, loss_type="sigmoid",
-             label_smoothing=0.0, chosen_lengths=None, rejected_lengths=None):
+def dpo_loss(
+    chosen_logps,
+    rejected_logps,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    beta=0.1,
+    loss_type="sigmoid",
+    label_smoothing=0.0,
+    chosen_lengths=None,
+    rejected_lengths=None,
+):
     "Per-example DPO-family loss (B,) and implicit rewards β·Δ_w, β·Δ_l (B,) from summed log-probs (B,)."
-    check_same_shape(chosen_logps=chosen_logps, rejected_logps=rejected_logps, ref_chosen_logps=ref_chosen_logps,
-                     ref_rejected_logps=ref_rejected_logps, chosen_lengths=chosen_lengths,
-                     rejected_lengths=rejected_lengths)
+    check_same_shape(
+        chosen_logps=chosen_logps,
+        rejected_logps=rejected_logps,
+        ref_chosen_logps=ref_chosen_logps,
+        ref_rejected_logps=ref_rejected_logps,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+    )
     check_positive("beta", beta)
-    if loss_type not in LOSS_TYPES: raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
     eps = label_smoothing
     if not (0.0 <= eps < 0.5):
         raise ValueError(f"`label_smoothing` must lie in [0, 0.5), got {eps!r}")
-    chosen_logratios = chosen_logps - ref_chosen_logps            # Δ_w
-    rejected_logratios = rejected_logps - ref_rejected_logps      # Δ_l
-    logits = beta * (chosen_logratios - rejected_logratios)       # β·d
-    if loss_type == "sigmoid":                                     # −(1−ε)logσ(βd) − ε·logσ(−βd)  (cDPO when ε>0)
+    chosen_logratios = chosen_logps - ref_chosen_logps  # Δ_w
+    rejected_logratios = rejected_logps - ref_rejected_logps  # Δ_l
+    logits = beta * (chosen_logratios - rejected_logratios)  # β·d
+    if loss_type == "sigmoid":  # −(1−ε)logσ(βd) − ε·logσ(−βd)  (cDPO when ε>0)
         losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
-    elif loss_type == "hinge":                                     # relu(1 − βd)
+    elif loss_type == "hinge":  # relu(1 − βd)
         losses = torch.relu(1 - logits)
-    elif loss_type == "ipo":                                       # (Δ_w/|y_w| − Δ_l/|y_l| − 1/(2β))²
+    elif loss_type == "ipo":  # (Δ_w/|y_w| − Δ_l/|y_l| − 1/(2β))²
         if chosen_lengths is None or rejected_lengths is None:
-            raise ValueError("loss_type='ipo' averages log-ratios over tokens: pass `chosen_lengths` and "
-                             "`rejected_lengths` (number of completion tokens per example, shape (B,))")
-        d_avg = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(min=1)
+            raise ValueError(
+                "loss_type='ipo' averages log-ratios over tokens: pass `chosen_lengths` and "
+                "`rejected_lengths` (number of completion tokens per example, shape (B,))"
+            )
+        d_avg = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(
+            min=1
+        )
         losses = (d_avg - 1 / (2 * beta)) ** 2
-    else:                                                          # robust: [−(1−ε)logσ(βd) + ε·logσ(−βd)]/(1−2ε)
+    else:  # robust: [−(1−ε)logσ(βd) + ε·logσ(−βd)]/(1−2ε)
         losses = (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 # %% ../../nbs/22_dpo.ipynb #00b33580
 def preference_metrics(chosen_rewards, rejected_rewards, chosen_logps=None, rejected_logps=None) -> dict:
     "TRL-named batch metrics from implicit rewards (B,) and summed policy log-probs (B,)."
-    m = {"rewards/chosen": chosen_rewards.mean().item(), "rewards/rejected": rejected_rewards.mean().item(),
-         "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-         "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item()}
-    if chosen_logps is not None: m["logps/chosen"] = chosen_logps.detach().mean().item()
-    if rejected_logps is not None: m["logps/rejected"] = rejected_logps.detach().mean().item()
+    m = {
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+    }
+    if chosen_logps is not None:
+        m["logps/chosen"] = chosen_logps.detach().mean().item()
+    if rejected_logps is not None:
+        m["logps/rejected"] = rejected_logps.detach().mean().item()
     return m
 
 # %% ../../nbs/22_dpo.ipynb #80ffc827
@@ -76,6 +105,8 @@ def check_dpo_loss(fn) -> str:
     x = [-torch.rand(16, generator=g) * 30 for _ in range(4)]
     want = dpo_loss(*x, beta=0.2)[0]
     got = fn(*x, beta=0.2)
-    if got.shape != want.shape: return f"wrong shape: want {tuple(want.shape)} (one loss per example), got {tuple(got.shape)}"
-    if not torch.allclose(got, want, atol=1e-5): return f"wrong values: max error {(got - want).abs().max().item():.3g}"
+    if got.shape != want.shape:
+        return f"wrong shape: want {tuple(want.shape)} (one loss per example), got {tuple(got.shape)}"
+    if not torch.allclose(got, want, atol=1e-5):
+        return f"wrong values: max error {(got - want).abs().max().item():.3g}"
     return "correct"

@@ -24,9 +24,11 @@ __all__ = ['CARDS', 'FACE_CARDS', 'ID_RULE', 'OOD_RULE', 'CORRECT_REWARD', 'WRON
 CARDS = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
 FACE_CARDS = ("J", "Q", "K")
 
+
 @dataclass(frozen=True)
 class Rule:
     "How J, Q, K count; whether every hand must hold a face card; the default target."
+
     name: str
     face_values: tuple[int, int, int]
     require_face: bool = False
@@ -35,38 +37,53 @@ class Rule:
     def __post_init__(self):
         fv = tuple(self.face_values)
         if len(fv) != 3 or not all(isinstance(v, int) and v > 0 for v in fv):
-            raise ValueError(f"Rule {self.name!r}: face_values must be 3 positive ints for J, Q, K; got {self.face_values!r}")
+            raise ValueError(
+                f"Rule {self.name!r}: face_values must be 3 positive ints for J, Q, K; got {self.face_values!r}"
+            )
         object.__setattr__(self, "face_values", fv)
 
     @classmethod
-    def random(cls, rng: random.Random, require_face: bool = False, target: int = 24,
-               exclude: Iterable[tuple[int, int, int]] = ((10, 10, 10), (11, 12, 13))) -> Rule:
+    def random(
+        cls,
+        rng: random.Random,
+        require_face: bool = False,
+        target: int = 24,
+        exclude: Iterable[tuple[int, int, int]] = ((10, 10, 10), (11, 12, 13)),
+    ) -> Rule:
         "A rule with J, Q, K each drawn uniformly from 1..13, re-drawn while it is in `exclude` (ID and OOD by default)."
         banned = {tuple(e) for e in exclude}
-        while (fv := tuple(rng.randint(1, 13) for _ in range(3))) in banned: pass
+        while (fv := tuple(rng.randint(1, 13) for _ in range(3))) in banned:
+            pass
         return cls(f"J{fv[0]}Q{fv[1]}K{fv[2]}", fv, require_face, target)
+
 
 ID_RULE = Rule("id", (10, 10, 10))
 OOD_RULE = Rule("ood", (11, 12, 13), require_face=True)
 
+
 def card_value(card: str, rule: Rule = ID_RULE) -> int:
     "The number a card counts under `rule` (Ace = 1)."
-    if card in FACE_CARDS: return rule.face_values[FACE_CARDS.index(card)]
-    if card == "A": return 1
-    if card in CARDS: return int(card)
+    if card in FACE_CARDS:
+        return rule.face_values[FACE_CARDS.index(card)]
+    if card == "A":
+        return 1
+    if card in CARDS:
+        return int(card)
     raise ValueError(f"card {card!r} is not one of {' '.join(CARDS)}")
 
 # %% ../../nbs/01_gpoints.ipynb #7d11e80d
 @dataclass(frozen=True)
 class Hand:
     "Cards dealt (in order), the rule they are read under and the target."
+
     cards: tuple[str, ...]
     rule: Rule = ID_RULE
     target: int = 24
 
     def __post_init__(self):
         object.__setattr__(self, "cards", tuple(self.cards))
-        for c in self.cards: card_value(c, self.rule)
+        for c in self.cards:
+            card_value(c, self.rule)
 
     @property
     def numbers(self) -> list[int]:
@@ -76,48 +93,68 @@ class Hand:
 # %% ../../nbs/01_gpoints.ipynb #4517b3b6
 _ATOM, _MUL, _ADD = 3, 2, 1  # precedence of an expression's top operation
 
-def _paren(e: str, p: int, need: int) -> str: return f"({e})" if p < need else e
+
+def _paren(e: str, p: int, need: int) -> str:
+    return f"({e})" if p < need else e
+
 
 def _combine(a, ea, pa, b, eb, pb):
     "All (value, expr, prec) obtained by one operation on a and b (both orders where it matters)."
-    out = [(a + b, f"{ea}+{eb}", _ADD), (a * b, f"{_paren(ea, pa, _MUL)}*{_paren(eb, pb, _MUL)}", _MUL),
-           (a - b, f"{ea}-{_paren(eb, pb, _MUL)}", _ADD), (b - a, f"{eb}-{_paren(ea, pa, _MUL)}", _ADD)]
-    if b: out.append((a / b, f"{_paren(ea, pa, _MUL)}/{_paren(eb, pb, _ATOM)}", _MUL))
-    if a: out.append((b / a, f"{_paren(eb, pb, _MUL)}/{_paren(ea, pa, _ATOM)}", _MUL))
+    out = [
+        (a + b, f"{ea}+{eb}", _ADD),
+        (a * b, f"{_paren(ea, pa, _MUL)}*{_paren(eb, pb, _MUL)}", _MUL),
+        (a - b, f"{ea}-{_paren(eb, pb, _MUL)}", _ADD),
+        (b - a, f"{eb}-{_paren(ea, pa, _MUL)}", _ADD),
+    ]
+    if b:
+        out.append((a / b, f"{_paren(ea, pa, _MUL)}/{_paren(eb, pb, _ATOM)}", _MUL))
+    if a:
+        out.append((b / a, f"{_paren(eb, pb, _MUL)}/{_paren(ea, pa, _ATOM)}", _MUL))
     return out
+
 
 @functools.lru_cache(maxsize=None)
 def _splits(n: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
     "Unordered splits of positions 0..n-1 into two non-empty parts (position 0 always on the left)."
     out = []
-    for mask in range(1, 2 ** n - 1):
+    for mask in range(1, 2**n - 1):
         if mask & 1:
-            out.append((tuple(i for i in range(n) if mask >> i & 1), tuple(i for i in range(n) if not mask >> i & 1)))
+            out.append(
+                (tuple(i for i in range(n) if mask >> i & 1), tuple(i for i in range(n) if not mask >> i & 1))
+            )
     return tuple(out)
+
 
 def _parts(key):
     seen = set()
     for li, ri in _splits(len(key)):
         l, r = tuple(key[i] for i in li), tuple(key[i] for i in ri)
-        if (l, r) not in seen: seen.add((l, r)); yield l, r
+        if (l, r) not in seen:
+            seen.add((l, r))
+            yield l, r
+
 
 @functools.lru_cache(maxsize=200_000)
 def _reach_one(key: tuple[int, ...]) -> dict:
     "value -> (one formula, precedence) for every value reachable using all of `key` (sorted)."
-    if len(key) == 1: return {Fraction(key[0]): (str(key[0]), _ATOM)}
+    if len(key) == 1:
+        return {Fraction(key[0]): (str(key[0]), _ATOM)}
     out = {}
     for l, r in _parts(key):
         R = _reach_one(r)
         for a, (ea, pa) in _reach_one(l).items():
             for b, (eb, pb) in R.items():
                 for v, e, p in _combine(a, ea, pa, b, eb, pb):
-                    if v not in out or len(e) < len(out[v][0]): out[v] = (e, p)  # keep the shortest formula
+                    if v not in out or len(e) < len(out[v][0]):
+                        out[v] = (e, p)  # keep the shortest formula
     return out
+
 
 @functools.lru_cache(maxsize=4096)
 def _reach_all(key: tuple[int, ...]) -> dict:
     "value -> {formula: precedence} for every formula over all of `key` (up to swapping + and * operands)."
-    if len(key) == 1: return {Fraction(key[0]): {str(key[0]): _ATOM}}
+    if len(key) == 1:
+        return {Fraction(key[0]): {str(key[0]): _ATOM}}
     out = {}
     for l, r in _parts(key):
         R = _reach_all(r)
@@ -129,37 +166,54 @@ def _reach_all(key: tuple[int, ...]) -> dict:
                             out.setdefault(v, {}).setdefault(e, p)
     return out
 
+
 def _key(numbers) -> tuple[int, ...]:
     nums = [int(n) for n in numbers]
     if not nums or any(n < 0 or n != m for n, m in zip(nums, numbers)):
         raise ValueError(f"numbers must be a non-empty list of non-negative ints; got {numbers!r}")
-    if len(nums) > 6: raise ValueError(f"at most 6 numbers can be solved exactly; got {len(nums)}")
+    if len(nums) > 6:
+        raise ValueError(f"at most 6 numbers can be solved exactly; got {len(nums)}")
     return tuple(sorted(nums))
+
 
 def solve(numbers: Sequence[int], target: int = 24, all_solutions: bool = False):
     "A formula using each number once that equals `target` (None if none); or the sorted list of all such formulas."
     key, t = _key(numbers), Fraction(target)
-    if all_solutions: return sorted(_reach_all(key).get(t, {}))
+    if all_solutions:
+        return sorted(_reach_all(key).get(t, {}))
     hit = _reach_one(key).get(t)
     return hit[0] if hit else None
+
 
 def is_solvable(numbers: Sequence[int], target: int = 24) -> bool:
     "Whether some formula over `numbers` equals `target`."
     return Fraction(target) in _reach_one(_key(numbers))
 
 # %% ../../nbs/01_gpoints.ipynb #cd465ede
-def sample_hand(rng: random.Random, rule: Rule = ID_RULE, n_cards: int = 4, target: int | None = None,
-                max_tries: int = 10_000) -> Hand:
+def sample_hand(
+    rng: random.Random,
+    rule: Rule = ID_RULE,
+    n_cards: int = 4,
+    target: int | None = None,
+    max_tries: int = 10_000,
+) -> Hand:
     "Draw `n_cards` cards with replacement until solvable (and holding a face card if `rule.require_face`)."
     target = rule.target if target is None else target
     for _ in range(max_tries):
         cards = [rng.choice(CARDS) for _ in range(n_cards)]
-        if rule.require_face and not any(c in FACE_CARDS for c in cards): continue
+        if rule.require_face and not any(c in FACE_CARDS for c in cards):
+            continue
         hand = Hand(cards, rule, target)
-        if is_solvable(hand.numbers, target): return hand
-    raise ValueError(f"no solvable hand found in {max_tries} draws for rule={rule.name!r}, n_cards={n_cards}, target={target}")
+        if is_solvable(hand.numbers, target):
+            return hand
+    raise ValueError(
+        f"no solvable hand found in {max_tries} draws for rule={rule.name!r}, n_cards={n_cards}, target={target}"
+    )
 
-def eval_hands(rule: Rule, n: int = 234, seed: int = 0, n_cards: int = 4, target: int | None = None) -> list[Hand]:
+
+def eval_hands(
+    rule: Rule, n: int = 234, seed: int = 0, n_cards: int = 4, target: int | None = None
+) -> list[Hand]:
     "A deterministic list of `n` evaluation hands (its random stream is separate from training data's)."
     rng = random.Random(f"alignbook-gpoints-eval-{rule.name}-{seed}")
     return [sample_hand(rng, rule, n_cards, target) for _ in range(n)]
@@ -168,8 +222,10 @@ def eval_hands(rule: Rule, n: int = 234, seed: int = 0, n_cards: int = 4, target
 def face_card_msg(rule: Rule) -> str:
     "The paper's phrase for the face-card rule."
     j, q, k = rule.face_values
-    if j == q == k: return f"'J', 'Q', and 'K' count as '{j}'"
+    if j == q == k:
+        return f"'J', 'Q', and 'K' count as '{j}'"
     return f"'J', 'Q', and 'K' count as '{j}', '{q}', and '{k}' respectively"
+
 
 _PAPER_PROMPT = """[Task Description]
 You are an expert {target} points card game player. You will receive a set of {n} cards.
@@ -187,40 +243,64 @@ Cards: {cards}
 }}
 """
 
+
 def paper_prompt(hand: Hand) -> str:
     "The language-only GeneralPoints prompt of Chu et al. 2025."
     n = len(hand.cards)
     xs = ("x", "y", "z", "w") if n == 4 else tuple(f"x{i + 1}" for i in range(n))
     ab = ("a", "b", "c", "d") if n == 4 else tuple(f"a{i + 1}" for i in range(n))
     abs_and = ", ".join(ab[:-1]) + (", and " if n > 2 else " and ") + ab[-1] if n > 1 else ab[0]
-    return _PAPER_PROMPT.format(target=hand.target, n=n, face_msg=face_card_msg(hand.rule), cards=list(hand.cards),
-                                xs=", ".join(xs), abs_=", ".join(ab), abs_and=abs_and)
+    return _PAPER_PROMPT.format(
+        target=hand.target,
+        n=n,
+        face_msg=face_card_msg(hand.rule),
+        cards=list(hand.cards),
+        xs=", ".join(xs),
+        abs_=", ".join(ab),
+        abs_and=abs_and,
+    )
+
 
 def toy_prompt(hand: Hand) -> str:
     "Compact prompt for the character-level toy model, e.g. 'Cards: K 3 4 6. J=10 Q=10 K=10. Make 24.'"
     j, q, k = hand.rule.face_values
     return f"Cards: {' '.join(hand.cards)}. J={j} Q={q} K={k}. Make {hand.target}."
 
+
 _TOY_PROMPT = re.compile(r"Cards: ([^.]*)\. J=(\d+) Q=(\d+) K=(\d+)\. Make (\d+)\.")
+
 
 def parse_toy_prompt(prompt: str) -> Hand:
     "The Hand a toy prompt describes (inverse of `toy_prompt`)."
     m = _TOY_PROMPT.search(prompt)
-    if m is None: raise ValueError(f"not a toy GeneralPoints prompt (expected 'Cards: K 3 4 6. J=10 Q=10 K=10. Make 24.'): {prompt[:80]!r}")
+    if m is None:
+        raise ValueError(
+            f"not a toy GeneralPoints prompt (expected 'Cards: K 3 4 6. J=10 Q=10 K=10. Make 24.'): {prompt[:80]!r}"
+        )
     fv = tuple(int(m.group(i)) for i in (2, 3, 4))
-    rule = next((r for r in (ID_RULE, OOD_RULE) if r.face_values == fv), None) or Rule(f"J{fv[0]}Q{fv[1]}K{fv[2]}", fv)
+    rule = next((r for r in (ID_RULE, OOD_RULE) if r.face_values == fv), None) or Rule(
+        f"J{fv[0]}Q{fv[1]}K{fv[2]}", fv
+    )
     return Hand(m.group(1).split(), rule, int(m.group(5)))
+
 
 def expert_response(hand: Hand, rng: random.Random | None = None, style: str = "toy") -> str:
     "A correct JSON answer; the formula is the solver's (a random one of all solutions when `rng` is given)."
-    if rng is None: formula = solve(hand.numbers, hand.target)
+    if rng is None:
+        formula = solve(hand.numbers, hand.target)
     else:
         sols = solve(hand.numbers, hand.target, all_solutions=True)
         formula = rng.choice(sols) if sols else None
-    if formula is None: raise ValueError(f"hand {' '.join(hand.cards)} has no solution under rule {hand.rule.name!r} (target {hand.target})")
-    if style == "toy": return json.dumps({"number": hand.numbers, "formula": formula}, separators=(",", ":"))
+    if formula is None:
+        raise ValueError(
+            f"hand {' '.join(hand.cards)} has no solution under rule {hand.rule.name!r} (target {hand.target})"
+        )
+    if style == "toy":
+        return json.dumps({"number": hand.numbers, "formula": formula}, separators=(",", ":"))
     if style == "paper":
-        return json.dumps({"cards": list(hand.cards), "number": hand.numbers, "formula": f"{formula}={hand.target}"})
+        return json.dumps(
+            {"cards": list(hand.cards), "number": hand.numbers, "formula": f"{formula}={hand.target}"}
+        )
     raise ValueError(f"style must be 'toy' or 'paper'; got {style!r}")
 
 # %% ../../nbs/01_gpoints.ipynb #a2ffd73c
@@ -229,131 +309,199 @@ OUT_OF_ATTEMPTS_REWARD = -1.0
 MAX_FORMULA_CHARS, MAX_NUMBER_DIGITS, MAX_DEPTH, MAX_TOKENS, MAX_BITS = 200, 6, 16, 100, 128
 MAX_RESPONSE_CHARS = 4000
 
+
 @dataclass
 class Score:
     "Outcome of checking one formula: reward, verifier message, success flag, exact value (None if not evaluated)."
+
     reward: float
     message: str
     correct: bool = False
     value: Fraction | None = None
     formula: str | None = None
 
+
 class FormulaError(ValueError):
     "A formula that breaks the grammar or a size bound (reward −3)."
 
+
 _TOKEN = re.compile(r"[0-9]+|[-+*/()]|\s+")
+
 
 def tokenize(formula: str) -> list[str]:
     "Split a formula into number and operator tokens; FormulaError on anything else."
     if len(formula) > MAX_FORMULA_CHARS:
         raise FormulaError(f"formula is too long ({len(formula)} characters; at most {MAX_FORMULA_CHARS})")
     bad = sorted({c for c in formula if c not in "0123456789+-*/() \t"})
-    if bad: raise FormulaError(f"illegal characters {''.join(bad[:10])!r} (use only digits, + - * / ( ) and =)")
+    if bad:
+        raise FormulaError(f"illegal characters {''.join(bad[:10])!r} (use only digits, + - * / ( ) and =)")
     toks = [t for t in _TOKEN.findall(formula) if not t.isspace()]
-    if not toks: raise FormulaError("empty formula")
-    if len(toks) > MAX_TOKENS: raise FormulaError(f"formula has {len(toks)} tokens; at most {MAX_TOKENS}")
+    if not toks:
+        raise FormulaError("empty formula")
+    if len(toks) > MAX_TOKENS:
+        raise FormulaError(f"formula has {len(toks)} tokens; at most {MAX_TOKENS}")
     for t in toks:
         if t[0].isdigit() and len(t) > MAX_NUMBER_DIGITS:
-            raise FormulaError(f"number {t[:12]}{'…' if len(t) > 12 else ''} is too long (at most {MAX_NUMBER_DIGITS} digits)")
+            raise FormulaError(
+                f"number {t[:12]}{'…' if len(t) > 12 else ''} is too long (at most {MAX_NUMBER_DIGITS} digits)"
+            )
     return toks
+
 
 class _Parser:
     "expr := term (('+'|'-') term)* ; term := factor (('*'|'/') factor)* ; factor := NUMBER | '(' expr ')'"
-    def __init__(self, toks): self.toks, self.i, self.depth, self.numbers = toks, 0, 0, []
-    def peek(self): return self.toks[self.i] if self.i < len(self.toks) else None
-    def where(self): return f"token {self.i + 1} ({self.peek()!r})" if self.peek() is not None else "the end"
+
+    def __init__(self, toks):
+        self.toks, self.i, self.depth, self.numbers = toks, 0, 0, []
+
+    def peek(self):
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def where(self):
+        return f"token {self.i + 1} ({self.peek()!r})" if self.peek() is not None else "the end"
+
     def parse(self):
         tree = self.expr()
-        if self.peek() is not None: raise FormulaError(f"invalid formula: unexpected {self.where()}")
+        if self.peek() is not None:
+            raise FormulaError(f"invalid formula: unexpected {self.where()}")
         return tree
+
     def expr(self):
         node = self.term()
         while self.peek() in ("+", "-"):
-            op = self.toks[self.i]; self.i += 1
+            op = self.toks[self.i]
+            self.i += 1
             node = (op, node, self.term())
         return node
+
     def term(self):
         node = self.factor()
         while self.peek() in ("*", "/"):
-            op = self.toks[self.i]; self.i += 1
-            if self.peek() in ("*", "/"): raise FormulaError(f"invalid formula: {op!r} followed by {self.peek()!r} (no ** or //)")
+            op = self.toks[self.i]
+            self.i += 1
+            if self.peek() in ("*", "/"):
+                raise FormulaError(f"invalid formula: {op!r} followed by {self.peek()!r} (no ** or //)")
             node = (op, node, self.factor())
         return node
+
     def factor(self):
         t = self.peek()
-        if t is None: raise FormulaError("invalid formula: it ends where a number or '(' is expected")
+        if t is None:
+            raise FormulaError("invalid formula: it ends where a number or '(' is expected")
         if t == "(":
             self.depth += 1
-            if self.depth > MAX_DEPTH: raise FormulaError(f"invalid formula: parentheses nested deeper than {MAX_DEPTH}")
+            if self.depth > MAX_DEPTH:
+                raise FormulaError(f"invalid formula: parentheses nested deeper than {MAX_DEPTH}")
             self.i += 1
             node = self.expr()
-            if self.peek() != ")": raise FormulaError(f"invalid formula: expected ')' at {self.where()}")
-            self.i += 1; self.depth -= 1
+            if self.peek() != ")":
+                raise FormulaError(f"invalid formula: expected ')' at {self.where()}")
+            self.i += 1
+            self.depth -= 1
             return node
         if t[0].isdigit():
-            self.i += 1; self.numbers.append(int(t))
+            self.i += 1
+            self.numbers.append(int(t))
             return int(t)
-        if t == "-": raise FormulaError(f"invalid formula: unary minus at {self.where()} is not allowed")
+        if t == "-":
+            raise FormulaError(f"invalid formula: unary minus at {self.where()} is not allowed")
         raise FormulaError(f"invalid formula: expected a number or '(' at {self.where()}")
+
 
 def parse_formula(formula: str):
     "Parse the left side of `expr` or `expr=target` into (tree, numbers used); FormulaError if illegal."
-    if not isinstance(formula, str): raise FormulaError(f"formula must be a string; got {type(formula).__name__}")
+    if not isinstance(formula, str):
+        raise FormulaError(f"formula must be a string; got {type(formula).__name__}")
     if len(formula) > MAX_FORMULA_CHARS:
         raise FormulaError(f"formula is too long ({len(formula)} characters; at most {MAX_FORMULA_CHARS})")
     lhs = formula.split("=", 1)[0]
     p = _Parser(tokenize(lhs))
     return p.parse(), p.numbers
 
+
 def evaluate_tree(tree) -> Fraction:
     "Exact value of a parsed formula; ZeroDivisionError on /0, FormulaError if a value exceeds MAX_BITS."
-    if isinstance(tree, int): return Fraction(tree)
+    if isinstance(tree, int):
+        return Fraction(tree)
     op, l, r = tree
     a, b = evaluate_tree(l), evaluate_tree(r)
-    if op == "+": v = a + b
-    elif op == "-": v = a - b
-    elif op == "*": v = a * b
+    if op == "+":
+        v = a + b
+    elif op == "-":
+        v = a - b
+    elif op == "*":
+        v = a * b
     else:
-        if b == 0: raise ZeroDivisionError("division by zero")
+        if b == 0:
+            raise ZeroDivisionError("division by zero")
         v = a / b
     if v.numerator.bit_length() > MAX_BITS or v.denominator.bit_length() > MAX_BITS:
         raise FormulaError(f"an intermediate value is too large (more than {MAX_BITS} bits)")
     return v
 
-def _join(msgs): return ", ".join(msgs) + "."
+
+def _join(msgs):
+    return ", ".join(msgs) + "."
+
 
 def score_formula(formula: str, numbers: Sequence[int], target: int = 24) -> Score:
     "Verify a formula against the hand's numbers and the target; returns the paper's reward and message."
-    try: tree, used = parse_formula(formula)
-    except FormulaError as e: return Score(ILLEGAL_REWARD, _join([str(e)]), formula=formula if isinstance(formula, str) and len(formula) <= MAX_FORMULA_CHARS else None)
+    try:
+        tree, used = parse_formula(formula)
+    except FormulaError as e:
+        return Score(
+            ILLEGAL_REWARD,
+            _join([str(e)]),
+            formula=formula if isinstance(formula, str) and len(formula) <= MAX_FORMULA_CHARS else None,
+        )
     have, got = Counter(int(n) for n in numbers), Counter(used)
     msgs = []
     invalid = [n for n in got if n not in have]
     over = [n for n in got if n in have and got[n] > have[n]]
     under = [n for n in have if got[n] < have[n]]
-    if invalid: msgs.append(f"you used invalid numbers: {invalid}")
-    elif over: msgs.append(f"you used numbers: {over} too many times")
-    if under: msgs.append(f"you didn't use numbers: {under}")
-    if msgs: return Score(BAD_NUMBERS_REWARD * len(msgs), _join(msgs), formula=formula)
-    try: value = evaluate_tree(tree)
-    except ZeroDivisionError: return Score(WRONG_VALUE_REWARD, _join(["your formula divides by zero"]), formula=formula)
-    except FormulaError as e: return Score(ILLEGAL_REWARD, _join([str(e)]), formula=formula)
-    if value == target: return Score(CORRECT_REWARD, _join(["Correct solution"]), True, value, formula)
-    return Score(WRONG_VALUE_REWARD, _join([f"your formula is incorrect: it evaluates to {value}, not {target}"]), False, value, formula)
+    if invalid:
+        msgs.append(f"you used invalid numbers: {invalid}")
+    elif over:
+        msgs.append(f"you used numbers: {over} too many times")
+    if under:
+        msgs.append(f"you didn't use numbers: {under}")
+    if msgs:
+        return Score(BAD_NUMBERS_REWARD * len(msgs), _join(msgs), formula=formula)
+    try:
+        value = evaluate_tree(tree)
+    except ZeroDivisionError:
+        return Score(WRONG_VALUE_REWARD, _join(["your formula divides by zero"]), formula=formula)
+    except FormulaError as e:
+        return Score(ILLEGAL_REWARD, _join([str(e)]), formula=formula)
+    if value == target:
+        return Score(CORRECT_REWARD, _join(["Correct solution"]), True, value, formula)
+    return Score(
+        WRONG_VALUE_REWARD,
+        _join([f"your formula is incorrect: it evaluates to {value}, not {target}"]),
+        False,
+        value,
+        formula,
+    )
 
 # %% ../../nbs/01_gpoints.ipynb #40715b8c
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 _FORMULA_RE = re.compile(r"""["']formula["']\s*:\s*(?:"([^"\n]{0,400})"|'([^'\n]{0,400})')""")
 _NUMBER_RE = re.compile(r"""["']number["']\s*:\s*\[([^\]\n]{0,200})\]""")
 
+
 def _json_object(text: str):
-    try: obj = json.loads(text)
+    try:
+        obj = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: deeply nested brackets
         i, j = text.find("{"), text.rfind("}")
-        if i < 0 or j <= i: return None
-        try: obj = json.loads(text[i:j + 1])
-        except (ValueError, RecursionError): return None
+        if i < 0 or j <= i:
+            return None
+        try:
+            obj = json.loads(text[i : j + 1])
+        except (ValueError, RecursionError):
+            return None
     return obj if isinstance(obj, dict) else None
+
 
 def parse_response(response: str) -> tuple[str | None, list | None]:
     "(formula, number list) from a JSON answer, with a regex fallback; None where absent."
@@ -371,24 +519,38 @@ def parse_response(response: str) -> tuple[str | None, list | None]:
         nums = [int(p) if p.isdigit() and p.isascii() else p for p in parts]
     return formula, nums
 
+
 def _number_field_msg(nums: list, hand: Hand) -> str | None:
     if len(nums) != len(hand.cards):
         return f"the number field has {len(nums)} entries but there are {len(hand.cards)} cards"
-    wrong = [f"{c} counts as {v}, not {n}" for c, v, n in zip(hand.cards, hand.numbers, nums) if not (isinstance(n, int) and n == v)]
+    wrong = [
+        f"{c} counts as {v}, not {n}"
+        for c, v, n in zip(hand.cards, hand.numbers, nums)
+        if not (isinstance(n, int) and n == v)
+    ]
     return ("the number field is wrong: " + "; ".join(wrong)) if wrong else None
+
 
 def score_response(response: str, hand: Hand, style: str = "toy") -> Score:
     "Score a model's JSON answer to `hand` (both styles are parsed the same way)."
-    if style not in ("toy", "paper"): raise ValueError(f"style must be 'toy' or 'paper'; got {style!r}")
-    if not isinstance(response, str): return Score(ILLEGAL_REWARD, f"the response must be a string, got {type(response).__name__}.")
+    if style not in ("toy", "paper"):
+        raise ValueError(f"style must be 'toy' or 'paper'; got {style!r}")
+    if not isinstance(response, str):
+        return Score(ILLEGAL_REWARD, f"the response must be a string, got {type(response).__name__}.")
     if len(response) > MAX_RESPONSE_CHARS:
-        return Score(ILLEGAL_REWARD, f"the response is too long ({len(response)} characters; at most {MAX_RESPONSE_CHARS}).")
+        return Score(
+            ILLEGAL_REWARD,
+            f"the response is too long ({len(response)} characters; at most {MAX_RESPONSE_CHARS}).",
+        )
     formula, nums = parse_response(response)
     if formula is None:
-        return Score(ILLEGAL_REWARD, 'no formula found; answer with JSON like {"number": [...], "formula": "..."}.')
+        return Score(
+            ILLEGAL_REWARD, 'no formula found; answer with JSON like {"number": [...], "formula": "..."}.'
+        )
     score = score_formula(formula, hand.numbers, hand.target)
     note = _number_field_msg(nums, hand) if nums is not None else None
-    if note: score.message = score.message[:-1] + ", " + note + "."
+    if note:
+        score.message = score.message[:-1] + ", " + note + "."
     return score
 
 # %% ../../nbs/01_gpoints.ipynb #5ab0cec3
@@ -396,83 +558,136 @@ def revision_prompt(score: Score) -> str:
     "The paper's verifier turn after a failed attempt."
     return f"You failed this trial because {score.message}"
 
+
 def _prompt(hand: Hand, style: str) -> str:
-    if style == "toy": return toy_prompt(hand)
-    if style == "paper": return paper_prompt(hand)
+    if style == "toy":
+        return toy_prompt(hand)
+    if style == "paper":
+        return paper_prompt(hand)
     raise ValueError(f"style must be 'toy' or 'paper'; got {style!r}")
 
-def evaluate(respond: Callable[[list[list[dict]]], list[str]], hands: Sequence[Hand], max_attempts: int = 1,
-             style: str = "toy") -> dict:
+
+def evaluate(
+    respond: Callable[[list[list[dict]]], list[str]],
+    hands: Sequence[Hand],
+    max_attempts: int = 1,
+    style: str = "toy",
+) -> dict:
     "Play every hand for up to `max_attempts` turns with verifier feedback; success rate, mean return, records."
-    if max_attempts < 1: raise ValueError(f"max_attempts must be >= 1; got {max_attempts}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1; got {max_attempts}")
     convs = [[{"role": "user", "content": _prompt(h, style)}] for h in hands]
-    recs = [dict(cards=list(h.cards), rule=h.rule.name, target=h.target, success=False, attempts=0,
-                 rewards=[], messages=[], responses=[]) for h in hands]
+    recs = [
+        dict(
+            cards=list(h.cards),
+            rule=h.rule.name,
+            target=h.target,
+            success=False,
+            attempts=0,
+            rewards=[],
+            messages=[],
+            responses=[],
+        )
+        for h in hands
+    ]
     active = list(range(len(hands)))
     for attempt in range(1, max_attempts + 1):
-        if not active: break
+        if not active:
+            break
         replies = respond([[dict(m) for m in convs[i]] for i in active])
         if len(replies) != len(active):
             raise ValueError(f"respond returned {len(replies)} replies for {len(active)} conversations")
         still = []
         for i, reply in zip(active, replies):
             s = score_response(reply, hands[i], style)
-            r = recs[i]; r["attempts"] = attempt
-            r["rewards"].append(s.reward); r["messages"].append(s.message); r["responses"].append(reply)
+            r = recs[i]
+            r["attempts"] = attempt
+            r["rewards"].append(s.reward)
+            r["messages"].append(s.message)
+            r["responses"].append(reply)
             convs[i].append({"role": "assistant", "content": reply})
-            if s.correct: r["success"] = True
+            if s.correct:
+                r["success"] = True
             else:
-                if attempt < max_attempts: convs[i].append({"role": "user", "content": revision_prompt(s)})
+                if attempt < max_attempts:
+                    convs[i].append({"role": "user", "content": revision_prompt(s)})
                 still.append(i)
         active = still
-    for r in recs: r["return"] = sum(r["rewards"]) + (0.0 if r["success"] else OUT_OF_ATTEMPTS_REWARD)
+    for r in recs:
+        r["return"] = sum(r["rewards"]) + (0.0 if r["success"] else OUT_OF_ATTEMPTS_REWARD)
     n = max(len(recs), 1)
-    return dict(n=len(recs), max_attempts=max_attempts,
-                success_rate=sum(r["success"] for r in recs) / n,
-                first_try_success_rate=sum(r["success"] and r["attempts"] == 1 for r in recs) / n,
-                mean_reward=sum(r["return"] for r in recs) / n,
-                mean_first_reward=sum(r["rewards"][0] for r in recs) / n if recs else 0.0,
-                mean_attempts=sum(r["attempts"] for r in recs) / n, records=recs)
+    return dict(
+        n=len(recs),
+        max_attempts=max_attempts,
+        success_rate=sum(r["success"] for r in recs) / n,
+        first_try_success_rate=sum(r["success"] and r["attempts"] == 1 for r in recs) / n,
+        mean_reward=sum(r["return"] for r in recs) / n,
+        mean_first_reward=sum(r["rewards"][0] for r in recs) / n if recs else 0.0,
+        mean_attempts=sum(r["attempts"] for r in recs) / n,
+        records=recs,
+    )
 
 # %% ../../nbs/01_gpoints.ipynb #69734062
 def hand_key(hand: Hand) -> tuple:
     "Identity of a hand up to card order: (sorted cards, face values, target)."
     return tuple(sorted(hand.cards, key=CARDS.index)), hand.rule.face_values, hand.target
 
+
 @functools.lru_cache(maxsize=None)
 def held_out_hands(n: int = 234, seed: int = 0) -> tuple[Hand, ...]:
     "The book's evaluation hands, ID and OOD (`eval_hands(rule, n, seed)` of both): never to be trained on."
     return tuple(eval_hands(ID_RULE, n, seed) + eval_hands(OOD_RULE, n, seed))
 
+
 @functools.lru_cache(maxsize=None)
 def _held_out_keys(n: int = 234, seed: int = 0) -> frozenset:
     return frozenset(hand_key(h) for h in held_out_hands(n, seed))
+
 
 def is_held_out(hand: Hand, n: int = 234, seed: int = 0) -> bool:
     "Whether `hand` (up to card order) is one of the book's evaluation hands."
     return hand_key(hand) in _held_out_keys(n, seed)
 
-def make_sft_dataset(n: int, rule: Rule = ID_RULE, seed: int = 0, n_cards: int = 4, target: int | None = None,
-                     style: str = "toy", rules: Sequence[Rule] | None = None, exclude: Iterable[Hand] = ()):
+
+def make_sft_dataset(
+    n: int,
+    rule: Rule = ID_RULE,
+    seed: int = 0,
+    n_cards: int = 4,
+    target: int | None = None,
+    style: str = "toy",
+    rules: Sequence[Rule] | None = None,
+    exclude: Iterable[Hand] = (),
+):
     "`n` expert demonstrations as a `datasets.Dataset` with conversational `prompt`/`completion` columns."
     from datasets import Dataset
+
     rng, pool = random.Random(seed), list(rules) if rules else [rule]
     banned = {hand_key(h) for h in exclude}
     rows = []
     for _ in range(n):
         hand = sample_hand(rng, rng.choice(pool), n_cards, target)
-        while hand_key(hand) in banned: hand = sample_hand(rng, hand.rule, n_cards, target)
-        rows.append(dict(prompt=[{"role": "user", "content": _prompt(hand, style)}],
-                         completion=[{"role": "assistant", "content": expert_response(hand, rng, style)}]))
+        while hand_key(hand) in banned:
+            hand = sample_hand(rng, hand.rule, n_cards, target)
+        rows.append(
+            dict(
+                prompt=[{"role": "user", "content": _prompt(hand, style)}],
+                completion=[{"role": "assistant", "content": expert_response(hand, rng, style)}],
+            )
+        )
     return Dataset.from_list(rows)
 
 # %% ../../nbs/01_gpoints.ipynb #3fd80b25
 def float_value(formula: str) -> float:
     "The formula's value in IEEE floating point (what a float `eval` checker would see)."
+
     def ev(t):
-        if isinstance(t, int): return float(t)
-        op, l, r = t; a, b = ev(l), ev(r)
+        if isinstance(t, int):
+            return float(t)
+        op, l, r = t
+        a, b = ev(l), ev(r)
         return a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+
     return ev(parse_formula(formula)[0])
 
 # %% ../../nbs/01_gpoints.ipynb #7d1b3c9f
@@ -486,23 +701,41 @@ def random_formula(numbers: Sequence[int], rng: random.Random) -> str:
         items = [x for k, x in enumerate(items) if k not in (i, j)] + [(v, e, p)]
     return items[0][1]
 
+
 def random_policy(hands_by_prompt: dict, seed: int = 0) -> Callable:
     "A `respond` function answering every conversation with a fresh `random_formula` for its hand."
     rng = random.Random(seed)
+
     def respond(convs):
-        return [json.dumps({"formula": random_formula(hands_by_prompt[c[0]["content"]].numbers, rng)}) for c in convs]
+        return [
+            json.dumps({"formula": random_formula(hands_by_prompt[c[0]["content"]].numbers, rng)})
+            for c in convs
+        ]
+
     return respond
 
 # %% ../../nbs/01_gpoints.ipynb #86870a9f
 CHECK_CASES = [  # (formula, numbers, target, expected reward)
-    ("3*6+10-4", [10, 3, 4, 6], 24, 5), ("3*6+10-4=24", [10, 3, 4, 6], 24, 5), ("8/(3-8/3)", [3, 3, 8, 8], 24, 5),
-    ("3*6+10+4", [10, 3, 4, 6], 24, -1), ("3/(4-4)*10+6", [10, 3, 4, 4, 6], 24, -1),
-    ("3*6+10", [10, 3, 4, 6], 24, -2), ("3*6+10-4-4", [10, 3, 4, 6], 24, -2), ("3*6+10-4-7", [10, 3, 4, 6], 24, -2),
-    ("3*6+10-7", [10, 3, 4, 6], 24, -4), ("3*6+10-6", [10, 3, 4, 6], 24, -4),
-    ("3*6+10-(4", [10, 3, 4, 6], 24, -3), ("-4+3*6+10", [10, 3, 4, 6], 24, -3), ("", [10, 3, 4, 6], 24, -3),
-    ("9**9**9", [9, 9, 9], 24, -3), ("٣*٨", [3, 8], 24, -3), ("__import__('os')", [10, 3, 4, 6], 24, -3),
-    ("(" * 10_000 + "1" + ")" * 10_000, [1], 1, -3), ("1" * 1_000_000, [1], 24, -3),
+    ("3*6+10-4", [10, 3, 4, 6], 24, 5),
+    ("3*6+10-4=24", [10, 3, 4, 6], 24, 5),
+    ("8/(3-8/3)", [3, 3, 8, 8], 24, 5),
+    ("3*6+10+4", [10, 3, 4, 6], 24, -1),
+    ("3/(4-4)*10+6", [10, 3, 4, 4, 6], 24, -1),
+    ("3*6+10", [10, 3, 4, 6], 24, -2),
+    ("3*6+10-4-4", [10, 3, 4, 6], 24, -2),
+    ("3*6+10-4-7", [10, 3, 4, 6], 24, -2),
+    ("3*6+10-7", [10, 3, 4, 6], 24, -4),
+    ("3*6+10-6", [10, 3, 4, 6], 24, -4),
+    ("3*6+10-(4", [10, 3, 4, 6], 24, -3),
+    ("-4+3*6+10", [10, 3, 4, 6], 24, -3),
+    ("", [10, 3, 4, 6], 24, -3),
+    ("9**9**9", [9, 9, 9], 24, -3),
+    ("٣*٨", [3, 8], 24, -3),
+    ("__import__('os')", [10, 3, 4, 6], 24, -3),
+    ("(" * 10_000 + "1" + ")" * 10_000, [1], 1, -3),
+    ("1" * 1_000_000, [1], 24, -3),
 ]
+
 
 def check_score_formula(fn: Callable, verbose: bool = True) -> bool:
     "Run `fn(formula, numbers, target)` on CHECK_CASES; print each mismatch; True if all rewards match."
@@ -511,25 +744,33 @@ def check_score_formula(fn: Callable, verbose: bool = True) -> bool:
         try:
             got = fn(formula, numbers, target)
             got = got.reward if isinstance(got, Score) else got
-        except Exception as e: got = f"raised {type(e).__name__}: {e}"[:80]
+        except Exception as e:
+            got = f"raised {type(e).__name__}: {e}"[:80]
         if got != want:
             ok = False
-            if verbose: print(f"✗ {formula[:30]!r} with {numbers}: expected {want}, got {got}")
-    if verbose: print("all cases pass ✓" if ok else "some cases fail")
+            if verbose:
+                print(f"✗ {formula[:30]!r} with {numbers}: expected {want}, got {got}")
+    if verbose:
+        print("all cases pass ✓" if ok else "some cases fail")
     return ok
+
 
 def check_solver(fn: Callable, n: int = 200, seed: int = 0, verbose: bool = True) -> bool:
     "Compare `fn(numbers, target)` with `is_solvable` on random 4-number hands and verify every formula it returns."
     rng, ok = random.Random(seed), True
     for _ in range(n):
         nums = [rng.randint(1, 13) for _ in range(4)]
-        try: f = fn(nums, 24)
-        except Exception as e: f = e
+        try:
+            f = fn(nums, 24)
+        except Exception as e:
+            f = e
         truth = is_solvable(nums)
         good = (f is None and not truth) or (isinstance(f, str) and score_formula(f, nums).correct)
         if not good:
             ok = False
-            if verbose: print(f"✗ {nums}: returned {f!r}; solvable={truth}")
+            if verbose:
+                print(f"✗ {nums}: returned {f!r}; solvable={truth}")
             break
-    if verbose: print("solver agrees on all hands ✓" if ok else "solver disagrees")
+    if verbose:
+        print("solver agrees on all hands ✓" if ok else "solver disagrees")
     return ok

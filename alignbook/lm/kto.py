@@ -17,31 +17,49 @@ def kto_reference_point(kl_logps, kl_ref_logps):
     check_same_shape(kl_logps=kl_logps, kl_ref_logps=kl_ref_logps)
     return (kl_logps - kl_ref_logps).mean().detach().clamp(min=0)
 
-def kto_loss(logps, ref_logps, desirable, kl_logps, kl_ref_logps, beta=0.1, desirable_weight=1.0,
-             undesirable_weight=1.0):
+
+def kto_loss(
+    logps,
+    ref_logps,
+    desirable,
+    kl_logps,
+    kl_ref_logps,
+    beta=0.1,
+    desirable_weight=1.0,
+    undesirable_weight=1.0,
+):
     "Per-example KTO loss (B,), implicit rewards β·Δ (B,) and z0 from summed log-probs (B,) and labels (B,) bool."
     check_same_shape(logps=logps, ref_logps=ref_logps, desirable=desirable)
     check_positive("beta", beta)
     for k, v in (("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)):
-        if not (isinstance(v, (int, float)) and v >= 0): raise ValueError(f"`{k}` must be a number ≥ 0, got {v!r}")
+        if not (isinstance(v, (int, float)) and v >= 0):
+            raise ValueError(f"`{k}` must be a number ≥ 0, got {v!r}")
     z0 = kto_reference_point(kl_logps, kl_ref_logps)
-    delta = logps - ref_logps                                                # Δ = log π/π_ref
+    delta = logps - ref_logps  # Δ = log π/π_ref
     d = desirable.bool()
-    losses = torch.where(d, desirable_weight * (1 - torch.sigmoid(beta * (delta - z0))),   # λ_D(1 − σ(β(Δ − z0)))
-                         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - delta))))    # λ_U(1 − σ(β(z0 − Δ)))
+    losses = torch.where(
+        d,
+        desirable_weight * (1 - torch.sigmoid(beta * (delta - z0))),  # λ_D(1 − σ(β(Δ − z0)))
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - delta))),
+    )  # λ_U(1 − σ(β(z0 − Δ)))
     return losses, beta * delta.detach(), z0
+
 
 def kl_pairs(n: int) -> torch.Tensor:
     "Index of the mismatched completion for each of n prompts: completions rotated by one, as in TRL."
-    if n < 2: raise ValueError("KTO's reference point needs mismatched pairs: use a batch size ≥ 2")
+    if n < 2:
+        raise ValueError("KTO's reference point needs mismatched pairs: use a batch size ≥ 2")
     return torch.roll(torch.arange(n), 1)
+
 
 def check_kto_balance(n_desirable, n_undesirable, desirable_weight=1.0, undesirable_weight=1.0) -> float:
     "Ratio λ_D·n_D/(λ_U·n_U); warns (as TRL does) when it is outside [1, 4/3]."
     r = desirable_weight * n_desirable / max(undesirable_weight * n_undesirable, 1e-12)
     if not (1.0 <= r <= 4 / 3):
-        warnings.warn(f"KTO: desirable_weight·n_desirable / (undesirable_weight·n_undesirable) = {r:.2f} is outside "
-                      "[1, 4/3]; the paper recommends weights that bring it into that range")
+        warnings.warn(
+            f"KTO: desirable_weight·n_desirable / (undesirable_weight·n_undesirable) = {r:.2f} is outside "
+            "[1, 4/3]; the paper recommends weights that bring it into that range"
+        )
     return r
 
 # %% ../../nbs/26_kto.ipynb #94b1bc07
@@ -51,5 +69,10 @@ def check_kto_loss(fn) -> str:
     a, b, c, e = (-torch.rand(16, generator=g) * 10 for _ in range(4))
     lab = torch.rand(16, generator=g) > 0.5
     want, got = kto_loss(a, b, lab, c, e, 0.3)[0], fn(a, b, lab, c, e, 0.3)
-    if got.shape != want.shape: return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
-    return "correct" if torch.allclose(got, want, atol=1e-5) else f"wrong values: max error {(got - want).abs().max():.3g}"
+    if got.shape != want.shape:
+        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    return (
+        "correct"
+        if torch.allclose(got, want, atol=1e-5)
+        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    )

@@ -12,27 +12,36 @@ import torch.nn.functional as F
 __all__ = ['LOGIT_CHUNK', 'selective_log_softmax', 'completion_logps', 'LogProbs', 'sequence_logps', 'check_logps']
 
 # %% ../../nbs/04_logps.ipynb #bf05f75d
-LOGIT_CHUNK = 2**24  # logits per chunk (64 MB in fp32): one Qwen-vocabulary row of 110 tokens, or a whole toy batch
+LOGIT_CHUNK = (
+    2**24
+)  # logits per chunk (64 MB in fp32): one Qwen-vocabulary row of 110 tokens, or a whole toy batch
+
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     "log_softmax(logits, -1) gathered at `index` (shape of `index`), without a full (…, V) fp32 copy."
     if logits.shape[:-1] != index.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and index {tuple(index.shape)} must agree on all but the last dim")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and index {tuple(index.shape)} must agree on all but the last dim"
+        )
     per_row = max(1, logits[0].numel() if logits.dim() > 1 else logits.numel())
-    step = max(1, LOGIT_CHUNK // per_row)               # rows per chunk
+    step = max(1, LOGIT_CHUNK // per_row)  # rows per chunk
     out = []
     for lg, ix in zip(logits.split(step), index.split(step)):
-        if lg.dtype in (torch.float32, torch.float64):   # logit − logsumexp: no (…, V) log-prob tensor is kept
+        if lg.dtype in (torch.float32, torch.float64):  # logit − logsumexp: no (…, V) log-prob tensor is kept
             out.append(lg.gather(-1, ix.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1))
-        else:                                            # bf16/fp16: upcast one chunk at a time
+        else:  # bf16/fp16: upcast one chunk at a time
             out.append(F.log_softmax(lg.float(), -1).gather(-1, ix.unsqueeze(-1)).squeeze(-1))
     return torch.cat(out)
 
 # %% ../../nbs/04_logps.ipynb #66ff539f
-def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(
+    logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-token log-probs of the next tokens (B, T-1), zeroed outside the completion, and that mask."
     if logits.shape[:2] != input_ids.shape or input_ids.shape != completion_mask.shape:
-        raise ValueError(f"shapes disagree: logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)}, completion_mask {tuple(completion_mask.shape)}")
+        raise ValueError(
+            f"shapes disagree: logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)}, completion_mask {tuple(completion_mask.shape)}"
+        )
     labels, mask = input_ids[:, 1:], completion_mask[:, 1:].bool()
     lp = selective_log_softmax(logits[:, :-1], labels.masked_fill(~mask, 0))
     return lp.masked_fill(~mask, 0.0), mask
@@ -41,36 +50,49 @@ def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_m
 @dataclass
 class LogProbs:
     "Completion log-probs of a batch: per-sequence sums/averages and per-token values."
-    sum: torch.Tensor          # (B,)
-    avg: torch.Tensor          # (B,)
-    n_tokens: torch.Tensor     # (B,)
+
+    sum: torch.Tensor  # (B,)
+    avg: torch.Tensor  # (B,)
+    n_tokens: torch.Tensor  # (B,)
     token_logps: torch.Tensor  # (B, T-1), 0 outside the completion
-    mask: torch.Tensor         # (B, T-1) bool
+    mask: torch.Tensor  # (B, T-1) bool
     logits: torch.Tensor | None = None  # (B, T-1, V) when asked for
 
     def chunk2(self) -> tuple["LogProbs", "LogProbs"]:
         "Split a concatenated [chosen; rejected] batch into its two halves."
         B = self.sum.shape[0]
-        if B % 2: raise ValueError(f"cannot split a batch of {B} rows into chosen and rejected halves")
+        if B % 2:
+            raise ValueError(f"cannot split a batch of {B} rows into chosen and rejected halves")
         h = B // 2
         parts = [{k: (v[:h], v[h:]) if v is not None else (None, None) for k, v in vars(self).items()}]
-        return LogProbs(**{k: v[0] for k, v in parts[0].items()}), LogProbs(**{k: v[1] for k, v in parts[0].items()})
+        return LogProbs(**{k: v[0] for k, v in parts[0].items()}), LogProbs(
+            **{k: v[1] for k, v in parts[0].items()}
+        )
 
-def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-                   return_logits: bool = False) -> LogProbs:
+
+def sequence_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    return_logits: bool = False,
+) -> LogProbs:
     "Run `model` and return the completion log-probs of every row (sums, averages, per-token)."
     B, T = input_ids.shape
     if (completion_mask.sum(1) == 0).any():
         rows = (completion_mask.sum(1) == 0).nonzero().flatten().tolist()
-        raise ValueError(f"rows {rows} have no completion tokens (empty completion or truncated away); check max_length")
-    first = int(completion_mask.float().argmax(1).min())      # earliest completion position in the batch
+        raise ValueError(
+            f"rows {rows} have no completion tokens (empty completion or truncated away); check max_length"
+        )
+    first = int(completion_mask.float().argmax(1).min())  # earliest completion position in the batch
     keep = T - max(first - 1, 0)
     kw = {} if return_logits or keep >= T else {"logits_to_keep": keep}
     # use_cache=False: a scoring forward needs no key/value cache (keeping one costs memory in training)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
     if logits.shape[1] < T:  # left-pad the cropped logits' results back to full width
         lp, mask = completion_logps(logits, input_ids[:, -keep:], completion_mask[:, -keep:])
-        lp = F.pad(lp, (T - keep, 0)); mask = F.pad(mask, (T - keep, 0))
+        lp = F.pad(lp, (T - keep, 0))
+        mask = F.pad(mask, (T - keep, 0))
     else:
         lp, mask = completion_logps(logits, input_ids, completion_mask)
     n = mask.sum(1)
@@ -81,10 +103,15 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 def check_logps(fn) -> str:
     "Check a student's `fn(logits, input_ids, completion_mask) -> (B,) summed log-probs`."
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(4, 9, 13, generator=g); ids = torch.randint(0, 13, (4, 9), generator=g)
-    cm = torch.zeros(4, 9, dtype=torch.long); cm[:, 4:] = 1; cm[1, 7:] = 0
+    logits = torch.randn(4, 9, 13, generator=g)
+    ids = torch.randint(0, 13, (4, 9), generator=g)
+    cm = torch.zeros(4, 9, dtype=torch.long)
+    cm[:, 4:] = 1
+    cm[1, 7:] = 0
     want = completion_logps(logits, ids, cm)[0].sum(1)
     got = fn(logits, ids, cm)
     assert got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {tuple(got.shape)}"
-    assert torch.allclose(got, want, atol=1e-4), f"expected {want}, got {got} (did you shift by one and mask the prompt?)"
+    assert torch.allclose(got, want, atol=1e-4), (
+        f"expected {want}, got {got} (did you shift by one and mask the prompt?)"
+    )
     return "correct"

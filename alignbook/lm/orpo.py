@@ -18,17 +18,22 @@ def log1mexp(x):
     x = torch.clamp(x, max=0.0)
     low = x < -math.log(2)
     # feed each branch only inputs it is accurate on, so the unused branch cannot put inf/NaN into the gradient
-    x_low, x_high = torch.where(low, x, torch.full_like(x, -1.0)), torch.where(low, torch.full_like(x, -0.5), x)
+    x_low, x_high = (
+        torch.where(low, x, torch.full_like(x, -1.0)),
+        torch.where(low, torch.full_like(x, -0.5), x),
+    )
     return torch.where(low, torch.log1p(-torch.exp(x_low)), torch.log(-torch.expm1(x_high)))
 
 # %% ../../nbs/25_orpo.ipynb #c228186c
 def orpo_loss(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta=0.1):
     "Per-example ORPO loss (B,), rewards β·avg_w, β·avg_l (B,), and the log-odds ratio (B,) from average log-probs (B,)."
-    check_same_shape(chosen_avg_logps=chosen_avg_logps, rejected_avg_logps=rejected_avg_logps, chosen_nll=chosen_nll)
+    check_same_shape(
+        chosen_avg_logps=chosen_avg_logps, rejected_avg_logps=rejected_avg_logps, chosen_nll=chosen_nll
+    )
     check_positive("beta", beta)
     w, l = chosen_avg_logps.float(), rejected_avg_logps.float()
-    log_odds = (w - log1mexp(w)) - (l - log1mexp(l))            # log odds(y_w) − log odds(y_l)
-    losses = chosen_nll - beta * F.logsigmoid(log_odds)          # NLL − β·logσ(log-odds ratio)
+    log_odds = (w - log1mexp(w)) - (l - log1mexp(l))  # log odds(y_w) − log odds(y_l)
+    losses = chosen_nll - beta * F.logsigmoid(log_odds)  # NLL − β·logσ(log-odds ratio)
     return losses, beta * w.detach(), beta * l.detach(), log_odds.detach()
 
 # %% ../../nbs/25_orpo.ipynb #8f188eef
@@ -37,5 +42,10 @@ def check_orpo_loss(fn) -> str:
     g = torch.Generator().manual_seed(2)
     w, l, n = -torch.rand(16, generator=g) * 3, -torch.rand(16, generator=g) * 3, torch.rand(16, generator=g)
     want, got = orpo_loss(w, l, n, 0.1)[0], fn(w, l, n, 0.1)
-    if got.shape != want.shape: return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
-    return "correct" if torch.allclose(got, want, atol=1e-5) else f"wrong values: max error {(got - want).abs().max():.3g}"
+    if got.shape != want.shape:
+        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    return (
+        "correct"
+        if torch.allclose(got, want, atol=1e-5)
+        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    )

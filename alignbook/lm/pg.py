@@ -15,21 +15,35 @@ __all__ = ['LOSS_TYPES', 'reinforce_loss', 'rloo_advantages', 'masked_mean', 'pp
 
 # %% ../../nbs/31_pg.ipynb #1a5f0aa7
 def _check_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    if not isinstance(rewards, torch.Tensor): rewards = torch.as_tensor(rewards, dtype=torch.float32)
-    if rewards.dim() != 1: raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}; flatten the (prompts, group) grid prompt-major")
-    if not isinstance(group_size, int) or group_size < 1: raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-    if rewards.numel() % group_size: raise ValueError(f"rewards has {rewards.numel()} entries, not a multiple of group_size={group_size}; pass G completions per prompt, prompt-major")
+    if not isinstance(rewards, torch.Tensor):
+        rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    if rewards.dim() != 1:
+        raise ValueError(
+            f"rewards must have shape (B,), got {tuple(rewards.shape)}; flatten the (prompts, group) grid prompt-major"
+        )
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if rewards.numel() % group_size:
+        raise ValueError(
+            f"rewards has {rewards.numel()} entries, not a multiple of group_size={group_size}; pass G completions per prompt, prompt-major"
+        )
     return rewards.float() if not rewards.is_floating_point() else rewards
+
 
 def reinforce_loss(seq_logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
     "Per-sample REINFORCE loss -A·Σ_t log π(y_t): seq_logps (B,) summed log-probs, advantages (B,) → (B,)."
-    if seq_logps.shape != advantages.shape: raise ValueError(f"seq_logps {tuple(seq_logps.shape)} and advantages {tuple(advantages.shape)} must have the same shape (B,)")
+    if seq_logps.shape != advantages.shape:
+        raise ValueError(
+            f"seq_logps {tuple(seq_logps.shape)} and advantages {tuple(advantages.shape)} must have the same shape (B,)"
+        )
     return -advantages.detach() * seq_logps
+
 
 def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     "Leave-one-out advantages r_i − mean_{j≠i} r_j within each group of `group_size`: (B,) → (B,)."
     rewards = _check_groups(rewards, group_size)
-    if group_size < 2: raise ValueError("RLOO needs group_size >= 2 (the baseline is the mean of the other samples)")
+    if group_size < 2:
+        raise ValueError("RLOO needs group_size >= 2 (the baseline is the mean of the other samples)")
     g = rewards.view(-1, group_size)
     loo = (g.sum(1, keepdim=True) - g) / (group_size - 1)
     return (g - loo).reshape(-1)
@@ -38,15 +52,26 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     "Mean of x over positions where mask is 1 (all of them, or along `dim`); empty → 0."
     m = mask.to(x.dtype)
-    if dim is None: return (x * m).sum() / m.sum().clamp(min=1.0)
+    if dim is None:
+        return (x * m).sum() / m.sum().clamp(min=1.0)
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1.0)
 
-def ppo_clip_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-                  eps_low: float = 0.2, eps_high: float | None = None) -> torch.Tensor:
+
+def ppo_clip_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+) -> torch.Tensor:
     "Per-token clipped surrogate −min(ρA, clip(ρ,1−ε_low,1+ε_high)A): logps/old_logps (B,T), advantages (B,) or (B,T) → (B,T)."
-    if logps.shape != old_logps.shape: raise ValueError(f"logps {tuple(logps.shape)} and old_logps {tuple(old_logps.shape)} must match (B, T)")
+    if logps.shape != old_logps.shape:
+        raise ValueError(
+            f"logps {tuple(logps.shape)} and old_logps {tuple(old_logps.shape)} must match (B, T)"
+        )
     eps_high = eps_low if eps_high is None else eps_high
-    if advantages.dim() == 1: advantages = advantages.unsqueeze(1)
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
     ratio = torch.exp(logps - old_logps.detach())
     advantages = advantages.detach()
     return -torch.min(ratio * advantages, ratio.clamp(1 - eps_low, 1 + eps_high) * advantages)
@@ -54,17 +79,30 @@ def ppo_clip_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torc
 # %% ../../nbs/31_pg.ipynb #49e2cc97
 class ValueHead(nn.Module):
     "Linear value head on hidden states: (B,T,H) → (B,T)."
+
     def __init__(self, hidden_size: int):
         super().__init__()
         self.v = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.v.weight); nn.init.zeros_(self.v.bias)
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor: return self.v(hidden.to(self.v.weight.dtype)).squeeze(-1)
+        nn.init.zeros_(self.v.weight)
+        nn.init.zeros_(self.v.bias)
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95):
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.v(hidden.to(self.v.weight.dtype)).squeeze(-1)
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+):
     "GAE over completion tokens: rewards, values, mask (B,T) (right-padded) → (advantages, returns), each (B,T)."
-    if not (rewards.shape == values.shape == mask.shape): raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and mask {tuple(mask.shape)} must all be (B, T)")
-    m = mask.to(values.dtype); values = values.detach() * m; rewards = rewards * m
-    adv = torch.zeros_like(values); last = torch.zeros_like(values[:, 0])
+    if not (rewards.shape == values.shape == mask.shape):
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and mask {tuple(mask.shape)} must all be (B, T)"
+        )
+    m = mask.to(values.dtype)
+    values = values.detach() * m
+    rewards = rewards * m
+    adv = torch.zeros_like(values)
+    last = torch.zeros_like(values[:, 0])
     for t in reversed(range(values.size(1))):
         nxt = values[:, t + 1] if t + 1 < values.size(1) else torch.zeros_like(last)
         delta = rewards[:, t] + gamma * nxt - values[:, t]
@@ -72,11 +110,19 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         adv[:, t] = last
     return adv, (adv + values) * m
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+) -> torch.Tensor:
     "Clipped value loss ½·max((V−R)², (clip(V, V_old±clip)−R)²), token-mean per sequence: (B,T) → (B,)."
     vc = old_values + (values - old_values).clamp(-clip, clip)
     per_tok = 0.5 * torch.max((values - returns) ** 2, (vc - returns) ** 2)
     return masked_mean(per_tok, mask, dim=1)
+
 
 def terminal_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     "Place each sequence's reward (B,) on its last active token: → (B,T)."
@@ -87,22 +133,35 @@ def terminal_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
     "Group-relative advantages (r − group mean) / (std + 1e-4), std unbiased; scale ∈ group|batch|none: (B,) → (B,)."
     rewards = _check_groups(rewards, group_size)
-    if scale not in ("group", "batch", "none"): raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     g = rewards.view(-1, group_size)
     adv = (g - g.mean(1, keepdim=True)).reshape(-1)
-    if scale == "none": return adv
+    if scale == "none":
+        return adv
     if scale == "group":
-        std = g.std(1, unbiased=True).repeat_interleave(group_size) if group_size > 1 else torch.zeros_like(rewards)
+        std = (
+            g.std(1, unbiased=True).repeat_interleave(group_size)
+            if group_size > 1
+            else torch.zeros_like(rewards)
+        )
     else:
-        std = rewards.std(unbiased=True).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+        std = (
+            rewards.std(unbiased=True).expand_as(rewards)
+            if rewards.numel() > 1
+            else torch.zeros_like(rewards)
+        )
     return adv / (std + 1e-4)
 
 # %% ../../nbs/31_pg.ipynb #5f106b49
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     "Per-token k3 estimate of KL(π‖π_ref): e^d − d − 1 with d = ref − logp, ≥ 0, stable near 0: (B,T) → (B,T)."
-    if logps.shape != ref_logps.shape: raise ValueError(f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} must have the same shape")
+    if logps.shape != ref_logps.shape:
+        raise ValueError(
+            f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} must have the same shape"
+        )
     dtype = logps.dtype
-    d = (ref_logps.detach().float() - logps.float())
+    d = ref_logps.detach().float() - logps.float()
     series = d * d * (0.5 + d * (1 / 6 + d * (1 / 24 + d * (1 / 120))))
     k3 = torch.where(d.abs() < 1e-2, series, torch.expm1(d) - d)
     return k3.clamp(min=0).to(dtype)
@@ -110,31 +169,59 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 # %% ../../nbs/31_pg.ipynb #f513ef9f
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
+
 def grpo_per_token_loss(logps, old_logps, advantages, eps_low=0.2, eps_high=0.2, beta=0.0, ref_logps=None):
     "Per-token GRPO loss: clipped surrogate + β·k3: (B,T) tensors, advantages (B,) or (B,T) → (B,T)."
     old_logps = logps.detach() if old_logps is None else old_logps
     loss = ppo_clip_loss(logps, old_logps, advantages, eps_low, eps_high)
     if beta != 0.0:
-        if ref_logps is None: raise ValueError("beta > 0 needs ref_logps (the reference model's per-token log-probs of the same completions); pass them or set beta=0")
+        if ref_logps is None:
+            raise ValueError(
+                "beta > 0 needs ref_logps (the reference model's per-token log-probs of the same completions); pass them or set beta=0"
+            )
         loss = loss + beta * k3_kl(logps, ref_logps)
     return loss
 
-def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
-              eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0, ref_logps: torch.Tensor | None = None,
-              loss_type: str = "dapo", max_completion_length: int | None = None,
-              num_items_in_batch: int | float | torch.Tensor | None = None, num_processes: int = 1) -> torch.Tensor:
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    beta: float = 0.0,
+    ref_logps: torch.Tensor | None = None,
+    loss_type: str = "dapo",
+    max_completion_length: int | None = None,
+    num_items_in_batch: int | float | torch.Tensor | None = None,
+    num_processes: int = 1,
+) -> torch.Tensor:
     "GRPO loss (scalar) for logps/old_logps/mask (B,T), advantages (B,); `loss_type` ∈ grpo|bnpo|dr_grpo|dapo."
-    if loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if logps.dim() != 2: raise ValueError(f"logps must be (B, T) per-token log-probs, got shape {tuple(logps.shape)}")
-    if mask.shape != logps.shape: raise ValueError(f"mask {tuple(mask.shape)} must match logps {tuple(logps.shape)}")
-    if old_logps is not None and old_logps.shape != logps.shape: raise ValueError(f"old_logps {tuple(old_logps.shape)} must match logps {tuple(logps.shape)} (or be None for one update per generation)")
-    if advantages.shape not in (logps.shape[:1], logps.shape): raise ValueError(f"advantages must be (B,) or (B, T) with B={logps.size(0)}, got {tuple(advantages.shape)}")
-    if ref_logps is not None and ref_logps.shape != logps.shape: raise ValueError(f"ref_logps {tuple(ref_logps.shape)} must match logps {tuple(logps.shape)}")
-    if eps_low < 0 or eps_high < 0: raise ValueError(f"eps_low/eps_high must be >= 0, got {eps_low}, {eps_high}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if logps.dim() != 2:
+        raise ValueError(f"logps must be (B, T) per-token log-probs, got shape {tuple(logps.shape)}")
+    if mask.shape != logps.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must match logps {tuple(logps.shape)}")
+    if old_logps is not None and old_logps.shape != logps.shape:
+        raise ValueError(
+            f"old_logps {tuple(old_logps.shape)} must match logps {tuple(logps.shape)} (or be None for one update per generation)"
+        )
+    if advantages.shape not in (logps.shape[:1], logps.shape):
+        raise ValueError(
+            f"advantages must be (B,) or (B, T) with B={logps.size(0)}, got {tuple(advantages.shape)}"
+        )
+    if ref_logps is not None and ref_logps.shape != logps.shape:
+        raise ValueError(f"ref_logps {tuple(ref_logps.shape)} must match logps {tuple(logps.shape)}")
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"eps_low/eps_high must be >= 0, got {eps_low}, {eps_high}")
     per_tok = grpo_per_token_loss(logps, old_logps, advantages, eps_low, eps_high, beta, ref_logps)
     m = mask.to(per_tok.dtype)
-    if loss_type == "grpo": return ((per_tok * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
-    if loss_type == "bnpo": return (per_tok * m).sum() / m.sum().clamp(min=1.0)
+    if loss_type == "grpo":
+        return ((per_tok * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":
+        return (per_tok * m).sum() / m.sum().clamp(min=1.0)
     if loss_type == "dr_grpo":
         T = logps.size(1) if max_completion_length is None else max_completion_length
         return (per_tok * m).sum() / (per_tok.size(0) * T)
@@ -149,6 +236,10 @@ def check_grpo_advantages(fn) -> str:
         r = torch.randint(-3, 6, (3 * G,), generator=g).float()
         r[:G] = 5.0
         got, want = fn(r.clone(), G), grpo_advantages(r, G)
-        if got.shape != want.shape: raise AssertionError(f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-        if not torch.allclose(got, want, atol=1e-4): raise AssertionError(f"G={G}: got {got.tolist()}, expected {want.tolist()} (unbiased std + 1e-4?)")
+        if got.shape != want.shape:
+            raise AssertionError(f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        if not torch.allclose(got, want, atol=1e-4):
+            raise AssertionError(
+                f"G={G}: got {got.tolist()}, expected {want.tolist()} (unbiased std + 1e-4?)"
+            )
     return "correct"

@@ -12,21 +12,29 @@ from ..config import register_benchmark, get_config
 __all__ = ['ARMS', 'run_arm', 'bench_dpo']
 
 # %% ../../nbs/28a_bench_dpo.ipynb #8e18135e
-from ..bench import PeakMemory, spawn_arm, sync   # the shared measurement mechanism (see the benchmarks chapter)
+from alignbook.bench import (
+    PeakMemory,
+    spawn_arm,
+    sync,
+)  # the shared measurement mechanism (see the benchmarks chapter)
 
 # %% ../../nbs/28a_bench_dpo.ipynb #091da007
 def run_arm(arm: str, spec: dict) -> dict:
     "Run one benchmark arm in this process; returns time per step (s) and peak memory (MB)."
     torch.set_num_threads(spec["threads"])
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+
+    warnings.filterwarnings("ignore")
     from alignbook.models import toy_tokenizer, toy_model, add_lora, count_params
     from alignbook.lm.prefdata import gpoints_preferences
+
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
     tok = toy_tokenizer()
     model = toy_model(tok, seed=0, **spec["model_kw"])
     lora = arm.startswith("lora")
-    if lora: model = add_lora(model, r=8, alpha=16)
+    if lora:
+        model = add_lora(model, r=8, alpha=16)
     model.to(dev)
     ds = gpoints_preferences(spec["n"], seed=0).select_columns(["prompt", "chosen", "rejected"])
     mem = PeakMemory(cuda).start()
@@ -35,16 +43,45 @@ def run_arm(arm: str, spec: dict) -> dict:
     if arm == "trl":
         from trl import DPOConfig, DPOTrainer
         from transformers import TrainerCallback
+
         class CB(TrainerCallback):
-            def on_step_begin(self, *a, **k): sync(); self.t = time.perf_counter()
-            def on_step_end(self, *a, **k): sync(); times.append(time.perf_counter() - self.t)
-        args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=spec["batch"], max_steps=steps + warm,
-                         beta=spec["beta"], learning_rate=spec["lr"], lr_scheduler_type="constant", logging_steps=10**6,
-                         report_to="none", use_cpu=not cuda, max_length=spec["max_length"], save_strategy="no",
-                         dataloader_num_workers=0, seed=0, max_grad_norm=1.0, gradient_checkpointing=False,
-                         bf16=False, optim="adamw_torch", weight_decay=0.0, warmup_steps=0)
-        tr = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=ds, processing_class=tok,
-                        callbacks=[CB()])
+            def on_step_begin(self, *a, **k):
+                sync()
+                self.t = time.perf_counter()
+
+            def on_step_end(self, *a, **k):
+                sync()
+                times.append(time.perf_counter() - self.t)
+
+        args = DPOConfig(
+            output_dir=tempfile.mkdtemp(),
+            per_device_train_batch_size=spec["batch"],
+            max_steps=steps + warm,
+            beta=spec["beta"],
+            learning_rate=spec["lr"],
+            lr_scheduler_type="constant",
+            logging_steps=10**6,
+            report_to="none",
+            use_cpu=not cuda,
+            max_length=spec["max_length"],
+            save_strategy="no",
+            dataloader_num_workers=0,
+            seed=0,
+            max_grad_norm=1.0,
+            gradient_checkpointing=False,
+            bf16=False,
+            optim="adamw_torch",
+            weight_decay=0.0,
+            warmup_steps=0,
+        )
+        tr = DPOTrainer(
+            model=model,
+            ref_model=copy.deepcopy(model),
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            callbacks=[CB()],
+        )
         tr.train()
         times = times[warm:]
     else:
@@ -52,69 +89,135 @@ def run_arm(arm: str, spec: dict) -> dict:
         from alignbook.data import tokenize_preference, collate_preference
         from alignbook.lm.reference import make_reference, precompute_reference, PrecomputedReference
         from alignbook.lm.preftrain import paired_loss_fn
-        c = get_config("dpo", "toy", batch_size=spec["batch"], lr=spec["lr"], beta=spec["beta"], max_steps=steps + warm,
-                       max_grad_norm=1.0, scheduler="constant", seed=0, device=dev, lora=lora, log_every=10**6)
+
+        c = get_config(
+            "dpo",
+            "toy",
+            batch_size=spec["batch"],
+            lr=spec["lr"],
+            beta=spec["beta"],
+            max_steps=steps + warm,
+            max_grad_norm=1.0,
+            scheduler="constant",
+            seed=0,
+            device=dev,
+            lora=lora,
+            log_every=10**6,
+        )
         rows = tokenize_preference(ds, tok, spec["max_length"])
         collate = lambda rs: collate_preference(rs, tok.pad_token_id)
-        kind = {"ours": "copy", "ours_shared": "copy", "ours_precomputed": "copy", "lora_disabled": "disabled_adapter", "lora_copy": "copy"}[arm]
-        if arm == "ours_shared":            # one forward row per pair: prompt + chosen + rejected (4-D mask)
+        kind = {
+            "ours": "copy",
+            "ours_shared": "copy",
+            "ours_precomputed": "copy",
+            "lora_disabled": "disabled_adapter",
+            "lora_copy": "copy",
+        }[arm]
+        if arm == "ours_shared":  # one forward row per pair: prompt + chosen + rejected (4-D mask)
             from alignbook.lm.preftrain import collate_shared_prompt
+
             collate = lambda rs: collate_shared_prompt(rs, tok.pad_token_id)
-        model.config.use_cache = False          # as TRL does in training: no KV cache objects during the forward
+        model.config.use_cache = False  # as TRL does in training: no KV cache objects during the forward
         ref = make_reference(kind, model)
-        if hasattr(ref, "to"): ref.to(dev)
+        if hasattr(ref, "to"):
+            ref.to(dev)
         if arm == "ours_precomputed":
             t0 = time.perf_counter()
-            rows, _ = precompute_reference(ref, model, rows, collate, tempfile.mkdtemp(), batch_size=spec["batch"], device=dev)
+            rows, _ = precompute_reference(
+                ref, model, rows, collate, tempfile.mkdtemp(), batch_size=spec["batch"], device=dev
+            )
             extra["precompute_s"] = time.perf_counter() - t0
-            del ref; ref = PrecomputedReference()
+            del ref
+            ref = PrecomputedReference()
         tr = Trainer(model, c, loss_fn=paired_loss_fn("dpo", c, ref), train_data=rows, collate_fn=collate)
         for i in range(steps + warm):
-            sync(); t0 = time.perf_counter(); tr.train_step(); sync()
-            if i >= warm: times.append(time.perf_counter() - t0)
-    return dict(time_per_step_s=statistics.median(times), peak_mem_mb=mem.peak_mb(), steps_measured=len(times),
-                memory=mem.how, **extra)
+            sync()
+            t0 = time.perf_counter()
+            tr.train_step()
+            sync()
+            if i >= warm:
+                times.append(time.perf_counter() - t0)
+    return dict(
+        time_per_step_s=statistics.median(times),
+        peak_mem_mb=mem.peak_mb(),
+        steps_measured=len(times),
+        memory=mem.how,
+        **extra,
+    )
 
 # %% ../../nbs/28a_bench_dpo.ipynb #f0b6e68f
 ARMS = ("trl", "ours", "ours_shared", "ours_precomputed", "lora_disabled", "lora_copy")
 
-def _spawn(arm, spec) -> dict: return spawn_arm("alignbook.lm.prefbench", "run_arm", arm, spec)
+
+def _spawn(arm, spec) -> dict:
+    return spawn_arm("alignbook.lm.prefbench", "run_arm", arm, spec)
+
 
 def bench_dpo(argv: list[str]) -> dict:
     "`alignbook bench dpo [--steps 8] [--warmup 2] [--batch 8] [--hidden 256] [--layers 4] [--repeats 2]`: JSON with ratios."
     ap = argparse.ArgumentParser(prog="alignbook bench dpo")
-    ap.add_argument("--steps", type=int, default=8); ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8); ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--hidden", type=int, default=256); ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--max-length", type=int, default=128); ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--arms", default=",".join(ARMS)); ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args(argv)
-    spec = dict(steps=a.steps, warmup=a.warmup, batch=a.batch, beta=a.beta, lr=1e-4, max_length=a.max_length, threads=a.threads,
-                n=max(64, a.batch * (a.steps + a.warmup)),
-                model_kw=dict(hidden_size=a.hidden, intermediate_size=4 * a.hidden, num_hidden_layers=a.layers))
+    spec = dict(
+        steps=a.steps,
+        warmup=a.warmup,
+        batch=a.batch,
+        beta=a.beta,
+        lr=1e-4,
+        max_length=a.max_length,
+        threads=a.threads,
+        n=max(64, a.batch * (a.steps + a.warmup)),
+        model_kw=dict(hidden_size=a.hidden, intermediate_size=4 * a.hidden, num_hidden_layers=a.layers),
+    )
     arms = a.arms.split(",")
     runs = {arm: [] for arm in arms}
-    for _ in range(a.repeats):                      # interleave arms so slow phases of a shared machine hit all of them
-        for arm in arms: runs[arm].append(_spawn(arm, spec))
+    for _ in range(a.repeats):  # interleave arms so slow phases of a shared machine hit all of them
+        for arm in arms:
+            runs[arm].append(_spawn(arm, spec))
     res = {}
-    for arm, rs in runs.items():                    # best of `repeats` runs: the least disturbed measurement
+    for arm, rs in runs.items():  # best of `repeats` runs: the least disturbed measurement
         best = min(rs, key=lambda x: x["time_per_step_s"])
-        res[arm] = {**best, "peak_mem_mb": min(x["peak_mem_mb"] for x in rs),
-                    "all_time_per_step_s": [round(x["time_per_step_s"], 4) for x in rs]}
+        res[arm] = {
+            **best,
+            "peak_mem_mb": min(x["peak_mem_mb"] for x in rs),
+            "all_time_per_step_s": [round(x["time_per_step_s"], 4) for x in rs],
+        }
     r = lambda x, y, k: res[x][k] / res[y][k] if x in res and y in res and res[y][k] > 0 else None
     from alignbook.models import toy_model, toy_tokenizer, count_params
-    out = dict(benchmark="dpo", device="cuda" if torch.cuda.is_available() else "cpu",
-               setup={**{k: v for k, v in spec.items() if k != "model_kw"}, **spec["model_kw"],
-                      "params": count_params(toy_model(toy_tokenizer(), **spec["model_kw"]))},
-               arms=res,
-               ratio_time_vs_trl=r("ours", "trl", "time_per_step_s"), ratio_mem_vs_trl=r("ours", "trl", "peak_mem_mb"),
-               ratio_time_shared_prompt_vs_trl=r("ours_shared", "trl", "time_per_step_s"),
-               ratio_mem_shared_prompt_vs_trl=r("ours_shared", "trl", "peak_mem_mb"),
-               ratio_time_precomputed_vs_online=r("ours_precomputed", "ours", "time_per_step_s"),
-               ratio_mem_lora_disabled_vs_copy=r("lora_disabled", "lora_copy", "peak_mem_mb"),
-               ratio_time_lora_disabled_vs_copy=r("lora_disabled", "lora_copy", "time_per_step_s"),
-               goals=dict(time_vs_trl="<= 0.8", mem_vs_trl="<= 1.0", precomputed_vs_online="<= 0.75 (>= 25% faster)",
-                          lora_disabled_vs_copy_mem="< 1.0"))
+
+    out = dict(
+        benchmark="dpo",
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        setup={
+            **{k: v for k, v in spec.items() if k != "model_kw"},
+            **spec["model_kw"],
+            "params": count_params(toy_model(toy_tokenizer(), **spec["model_kw"])),
+        },
+        arms=res,
+        ratio_time_vs_trl=r("ours", "trl", "time_per_step_s"),
+        ratio_mem_vs_trl=r("ours", "trl", "peak_mem_mb"),
+        ratio_time_shared_prompt_vs_trl=r("ours_shared", "trl", "time_per_step_s"),
+        ratio_mem_shared_prompt_vs_trl=r("ours_shared", "trl", "peak_mem_mb"),
+        ratio_time_precomputed_vs_online=r("ours_precomputed", "ours", "time_per_step_s"),
+        ratio_mem_lora_disabled_vs_copy=r("lora_disabled", "lora_copy", "peak_mem_mb"),
+        ratio_time_lora_disabled_vs_copy=r("lora_disabled", "lora_copy", "time_per_step_s"),
+        goals=dict(
+            time_vs_trl="<= 0.8",
+            mem_vs_trl="<= 1.0",
+            precomputed_vs_online="<= 0.75 (>= 25% faster)",
+            lora_disabled_vs_copy_mem="< 1.0",
+        ),
+    )
     return out
+
 
 register_benchmark("dpo", bench_dpo)

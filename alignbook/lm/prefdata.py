@@ -8,8 +8,18 @@ import functools, random, re, json
 from pathlib import Path
 from datasets import Dataset
 from ..data import DataFormatError, validate_dataset
-from .gpoints import (ID_RULE, OOD_RULE, Hand, sample_hand, eval_hands, held_out_hands, toy_prompt, expert_response,
-                                  score_response, solve)
+from alignbook.lm.gpoints import (
+    ID_RULE,
+    OOD_RULE,
+    Hand,
+    sample_hand,
+    eval_hands,
+    held_out_hands,
+    toy_prompt,
+    expert_response,
+    score_response,
+    solve,
+)
 
 # %% auto #0
 __all__ = ['CORRUPTIONS', 'corrupt_answer', 'gpoints_preferences', 'unpair_preferences', 'hand_of', 'extract_prompt',
@@ -19,6 +29,7 @@ __all__ = ['CORRUPTIONS', 'corrupt_answer', 'gpoints_preferences', 'unpair_prefe
 _OPS = {"+": "-", "-": "+", "*": "/", "/": "*"}
 CORRUPTIONS = ("operator", "number", "garbled")
 
+
 def corrupt_answer(answer: str, hand: Hand, rng: random.Random, kind: str | None = None) -> str:
     "A wrong variant of a correct JSON answer: a flipped operator, a replaced number, or a garbled formula."
     obj = json.loads(answer)
@@ -27,45 +38,75 @@ def corrupt_answer(answer: str, hand: Hand, rng: random.Random, kind: str | None
     for _ in range(50):
         if kind == "operator":
             pos = [i for i, c in enumerate(f) if c in _OPS]
-            i = rng.choice(pos); g = f[:i] + _OPS[f[i]] + f[i + 1:]
+            i = rng.choice(pos)
+            g = f[:i] + _OPS[f[i]] + f[i + 1 :]
         elif kind == "number":
-            nums = list(re.finditer(r"\d+", f)); m = rng.choice(nums)
-            g = f[:m.start()] + str(rng.choice([v for v in range(1, 14) if v != int(m.group())])) + f[m.end():]
+            nums = list(re.finditer(r"\d+", f))
+            m = rng.choice(nums)
+            g = (
+                f[: m.start()]
+                + str(rng.choice([v for v in range(1, 14) if v != int(m.group())]))
+                + f[m.end() :]
+            )
         elif kind == "garbled":
-            i = rng.randrange(len(f)); g = f[:i] + rng.choice("+*/()") + f[i:]
-            if score_response(json.dumps({**obj, "formula": g}, separators=(",", ":")), hand).reward != -3: continue
-        else: raise ValueError(f"unknown corruption {kind!r}; valid: {', '.join(CORRUPTIONS)}")
+            i = rng.randrange(len(f))
+            g = f[:i] + rng.choice("+*/()") + f[i:]
+            if score_response(json.dumps({**obj, "formula": g}, separators=(",", ":")), hand).reward != -3:
+                continue
+        else:
+            raise ValueError(f"unknown corruption {kind!r}; valid: {', '.join(CORRUPTIONS)}")
         out = json.dumps({**obj, "formula": g}, separators=(",", ":"))
-        if not score_response(out, hand).correct: return out
+        if not score_response(out, hand).correct:
+            return out
     raise RuntimeError(f"could not corrupt {answer!r} with {kind!r}")
 
 # %% ../../nbs/20_prefdata.ipynb #723fccc1
-def _conv(prompt: str) -> list[dict]: return [{"role": "user", "content": prompt}]
-def _ans(text: str) -> list[dict]: return [{"role": "assistant", "content": text}]
+def _conv(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def _ans(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
 
 @functools.lru_cache(maxsize=1)
 def _eval_prompts() -> frozenset:
     return frozenset(toy_prompt(h) for h in held_out_hands())
+
 
 def _training_hands(n, rule, rng, exclude_eval=True):
     banned = _eval_prompts() if exclude_eval else frozenset()
     out = []
     while len(out) < n:
         h = sample_hand(rng, rule)
-        if toy_prompt(h) not in banned: out.append(h)
+        if toy_prompt(h) not in banned:
+            out.append(h)
     return out
 
-def gpoints_preferences(n: int, rule=ID_RULE, seed: int = 0, hands=None, exclude_eval: bool = True) -> Dataset:
+
+def gpoints_preferences(
+    n: int, rule=ID_RULE, seed: int = 0, hands=None, exclude_eval: bool = True
+) -> Dataset:
     "`n` conversational prompt/chosen/rejected pairs (+ cards, rule, chosen/rejected verifier rewards); evaluation hands excluded."
     rng = random.Random(f"alignbook-prefdata-{seed}")
     hands = list(hands) if hands is not None else _training_hands(n, rule, rng, exclude_eval)
     rows = []
     for h in hands[:n]:
-        good = expert_response(h, rng); bad = corrupt_answer(good, h, rng)
-        rows.append(dict(prompt=_conv(toy_prompt(h)), chosen=_ans(good), rejected=_ans(bad), cards=list(h.cards),
-                         rule=h.rule.name, score_chosen=score_response(good, h).reward,
-                         score_rejected=score_response(bad, h).reward))
+        good = expert_response(h, rng)
+        bad = corrupt_answer(good, h, rng)
+        rows.append(
+            dict(
+                prompt=_conv(toy_prompt(h)),
+                chosen=_ans(good),
+                rejected=_ans(bad),
+                cards=list(h.cards),
+                rule=h.rule.name,
+                score_chosen=score_response(good, h).reward,
+                score_rejected=score_response(bad, h).reward,
+            )
+        )
     return Dataset.from_list(rows)
+
 
 def unpair_preferences(ds: Dataset) -> Dataset:
     "Unpaired rows for KTO: each pair gives (prompt, chosen, True) and (prompt, rejected, False), interleaved."
@@ -75,6 +116,7 @@ def unpair_preferences(ds: Dataset) -> Dataset:
         rows.append(dict(prompt=r["prompt"], completion=r["chosen"], label=True))
         rows.append(dict(prompt=r["prompt"], completion=r["rejected"], label=False))
     return Dataset.from_list(rows)
+
 
 def hand_of(row) -> Hand:
     "The GeneralPoints hand a toy preference row was built from."
@@ -87,32 +129,47 @@ def extract_prompt(row: dict) -> dict:
     c, r = row["chosen"], row["rejected"]
     if isinstance(c, list) and isinstance(r, list):
         k = 0
-        while k < min(len(c), len(r)) - 1 and c[k] == r[k]: k += 1
-        if k == 0: raise DataFormatError("implicit-prompt row: chosen and rejected share no leading messages; add a 'prompt' column")
+        while k < min(len(c), len(r)) - 1 and c[k] == r[k]:
+            k += 1
+        if k == 0:
+            raise DataFormatError(
+                "implicit-prompt row: chosen and rejected share no leading messages; add a 'prompt' column"
+            )
         return {**row, "prompt": c[:k], "chosen": c[k:], "rejected": r[k:]}
     if isinstance(c, str) and isinstance(r, str):
         k = 0
-        while k < min(len(c), len(r)) and c[k] == r[k]: k += 1
+        while k < min(len(c), len(r)) and c[k] == r[k]:
+            k += 1
         k = c.rfind(" ", 0, k) + 1 if k < len(c) else k
         return {**row, "prompt": c[:k], "chosen": c[k:], "rejected": r[k:]}
     raise DataFormatError("chosen and rejected must both be strings or both message lists")
 
-def load_preference_dataset(name_or_path: str, split: str = "train", kind: str = "preference", n: int | None = None) -> Dataset:
+
+def load_preference_dataset(
+    name_or_path: str, split: str = "train", kind: str = "preference", n: int | None = None
+) -> Dataset:
     "A validated TRL-format dataset (`kind` 'preference' or 'unpaired') from the Hub, a local file or directory."
     from datasets import load_dataset, load_from_disk
+
     p = Path(name_or_path)
     if p.is_dir() and (p / "dataset_info.json").exists() or p.is_dir() and (p / "state.json").exists():
         ds = load_from_disk(str(p))
-        if hasattr(ds, "keys"): ds = ds[split]
+        if hasattr(ds, "keys"):
+            ds = ds[split]
     elif p.is_file():
         fmt = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(p.suffix)
-        if fmt is None: raise ValueError(f"{p}: unsupported file type {p.suffix!r}; use .json, .jsonl, .parquet or .csv")
+        if fmt is None:
+            raise ValueError(f"{p}: unsupported file type {p.suffix!r}; use .json, .jsonl, .parquet or .csv")
         ds = load_dataset(fmt, data_files=str(p), split="train")
-    else: ds = load_dataset(name_or_path, split=split)
-    if n is not None: ds = ds.select(range(min(n, len(ds))))
+    else:
+        ds = load_dataset(name_or_path, split=split)
+    if n is not None:
+        ds = ds.select(range(min(n, len(ds))))
     if kind == "preference" and "prompt" not in ds.column_names:
         if not {"chosen", "rejected"} <= set(ds.column_names):
-            raise DataFormatError(f"{name_or_path}: preference data needs chosen/rejected columns, found {ds.column_names}")
+            raise DataFormatError(
+                f"{name_or_path}: preference data needs chosen/rejected columns, found {ds.column_names}"
+            )
         ds = Dataset.from_list([extract_prompt(r) for r in ds])
     validate_dataset(ds, kind)
     return ds

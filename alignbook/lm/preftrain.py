@@ -8,7 +8,13 @@ import math, random
 from pathlib import Path
 import torch
 from ..config import register_objective
-from ..data import tokenize_preference, tokenize_unpaired, collate_preference, collate_sft, render_prompt
+from alignbook.data import (
+    tokenize_preference,
+    tokenize_unpaired,
+    collate_preference,
+    collate_sft,
+    render_prompt,
+)
 from ..models import load_policy, load_tokenizer, resolve_model_path, default_device
 from ..train import Trainer, set_seed
 from .logps import sequence_logps, selective_log_softmax
@@ -18,8 +24,14 @@ from .orpo import orpo_loss
 from .kto import kto_loss
 from .tdpo import tdpo_loss, sequential_kl
 from .reward import load_reward_model, reward_pair_loss, reward_scores, pairwise_accuracy
-from .reference import (make_reference, auto_reference, precompute_reference, PrecomputedReference,
-                                    Reference, eval_mode)
+from alignbook.lm.reference import (
+    make_reference,
+    auto_reference,
+    precompute_reference,
+    PrecomputedReference,
+    Reference,
+    eval_mode,
+)
 from .prefdata import gpoints_preferences, unpair_preferences, load_preference_dataset, hand_of
 from .gpoints import ID_RULE, eval_hands, toy_prompt, score_response
 
@@ -31,45 +43,75 @@ __all__ = ['PAIRED', 'NEEDS_REF', 'PREF_TOY', 'PREF_GPU', 'OBJECTIVE_DEFAULTS', 
 # %% ../../nbs/28_preftrain.ipynb #303d4d60
 PAIRED = ("dpo", "ipo", "simpo", "orpo", "tdpo", "sft_chosen")
 
+
 class _Side:
     "Summed and average log-probs and token counts of one side (chosen or rejected) of a batch."
-    def __init__(self, sum, avg, n_tokens): self.sum, self.avg, self.n_tokens = sum, avg, n_tokens
+
+    def __init__(self, sum, avg, n_tokens):
+        self.sum, self.avg, self.n_tokens = sum, avg, n_tokens
+
 
 def _ref_pair_logps(ref, model, batch):
     "(chosen, rejected) reference log-probs for a concatenated or shared-prompt batch."
-    if "allow" not in batch or isinstance(ref, PrecomputedReference): return ref.logps(model, batch).chunk(2)
+    if "allow" not in batch or isinstance(ref, PrecomputedReference):
+        return ref.logps(model, batch).chunk(2)
     with torch.no_grad(), ref._active(model) as rm, eval_mode(rm):
         (ws, _, _), (ls, _, _) = shared_prompt_logps(rm, batch)
     return ws, ls
+
+
 NEEDS_REF = ("dpo", "ipo", "tdpo", "kto")
+
 
 def _split(batch):
     return {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
 
+
 def paired_loss_fn(objective: str, cfg, ref: Reference | None):
     "loss_fn(model, batch) -> (loss, metrics) for a paired objective on `collate_preference` batches."
-    if objective not in PAIRED: raise ValueError(f"unknown paired objective {objective!r}; valid: {', '.join(PAIRED)}")
-    if objective in NEEDS_REF and ref is None: raise ValueError(f"{objective} needs a reference model")
+    if objective not in PAIRED:
+        raise ValueError(f"unknown paired objective {objective!r}; valid: {', '.join(PAIRED)}")
+    if objective in NEEDS_REF and ref is None:
+        raise ValueError(f"{objective} needs a reference model")
+
     def loss_fn(model, batch):
-        if objective == "sft_chosen" and "allow" in batch: raise ValueError("sft_chosen: use share_prompt=False")
-        if objective == "sft_chosen":       # the baseline: token-mean NLL on chosen rows only
+        if objective == "sft_chosen" and "allow" in batch:
+            raise ValueError("sft_chosen: use share_prompt=False")
+        if objective == "sft_chosen":  # the baseline: token-mean NLL on chosen rows only
             B = batch["input_ids"].shape[0] // 2
-            lp = sequence_logps(model, *(batch[k][:B] for k in ("input_ids", "attention_mask", "completion_mask")))
+            lp = sequence_logps(
+                model, *(batch[k][:B] for k in ("input_ids", "attention_mask", "completion_mask"))
+            )
             loss = -(lp.token_logps.sum() / lp.n_tokens.sum())
             return loss, {"logps/chosen": lp.sum.mean()}
-        if "allow" in batch:                 # shared-prompt packing (collate_shared_prompt)
-            if objective == "tdpo": raise ValueError("tdpo needs full logits of both rows: use share_prompt=False")
+        if "allow" in batch:  # shared-prompt packing (collate_shared_prompt)
+            if objective == "tdpo":
+                raise ValueError("tdpo needs full logits of both rows: use share_prompt=False")
             (ws, wa, wn), (ls, la, ln) = shared_prompt_logps(model, batch)
             w, l = _Side(ws, wa, wn), _Side(ls, la, ln)
         else:
-            pol = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                                 return_logits=objective == "tdpo")
+            pol = sequence_logps(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["completion_mask"],
+                return_logits=objective == "tdpo",
+            )
             w, l = pol.chunk2()
         extra = {}
         if objective in ("dpo", "ipo"):
             rw, rl = _ref_pair_logps(ref, model, batch)
-            losses, cr, rr = dpo_loss(w.sum, l.sum, rw, rl, beta=cfg.beta, loss_type="ipo" if objective == "ipo" else cfg.loss_type,
-                                      label_smoothing=cfg.label_smoothing, chosen_lengths=w.n_tokens, rejected_lengths=l.n_tokens)
+            losses, cr, rr = dpo_loss(
+                w.sum,
+                l.sum,
+                rw,
+                rl,
+                beta=cfg.beta,
+                loss_type="ipo" if objective == "ipo" else cfg.loss_type,
+                label_smoothing=cfg.label_smoothing,
+                chosen_lengths=w.n_tokens,
+                rejected_lengths=l.n_tokens,
+            )
         elif objective == "simpo":
             losses, cr, rr = simpo_loss(w.avg, l.avg, beta=cfg.beta, gamma=cfg.gamma)
         elif objective == "orpo":
@@ -78,26 +120,35 @@ def paired_loss_fn(objective: str, cfg, ref: Reference | None):
         else:  # tdpo
             r = ref.forward(model, batch, return_logits=True)
             rw, rl = r.chunk2()
-            kl = sequential_kl(pol.logits, r.logits, pol.mask)        # KL(π_ref‖π_θ) per row (2B,)
+            kl = sequential_kl(pol.logits, r.logits, pol.mask)  # KL(π_ref‖π_θ) per row (2B,)
             kw, kl_l = kl.chunk(2)
-            losses, cr, rr = tdpo_loss(w.sum - rw.sum, l.sum - rl.sum, kw, kl_l, beta=cfg.beta, alpha=cfg.alpha, variant=cfg.variant)
+            losses, cr, rr = tdpo_loss(
+                w.sum - rw.sum, l.sum - rl.sum, kw, kl_l, beta=cfg.beta, alpha=cfg.alpha, variant=cfg.variant
+            )
             extra = {"seq_kl/chosen": kw.mean(), "seq_kl/rejected": kl_l.mean()}
         return losses.mean(), {**preference_metrics(cr, rr, w.sum, l.sum), **extra}
+
     return loss_fn
 
 # %% ../../nbs/28_preftrain.ipynb #f58f5564
 def add_kl_rows(rows: list[dict]) -> list[dict]:
     "Give each tokenised unpaired row `kl_ids`/`kl_mask`: its prompt + the completion of an earlier row with another prompt."
     n = len(rows)
-    if n < 2: raise ValueError("KTO needs at least 2 rows to build mismatched pairs")
-    split = [(r["input_ids"][:r["completion_mask"].index(1)], r["input_ids"][r["completion_mask"].index(1):]) for r in rows]
+    if n < 2:
+        raise ValueError("KTO needs at least 2 rows to build mismatched pairs")
+    split = [
+        (r["input_ids"][: r["completion_mask"].index(1)], r["input_ids"][r["completion_mask"].index(1) :])
+        for r in rows
+    ]
     out = []
     for i, r in enumerate(rows):
         j = (i - 1) % n
-        while split[j][0] == split[i][0] and j != i: j = (j - 1) % n
+        while split[j][0] == split[i][0] and j != i:
+            j = (j - 1) % n
         p, c = split[i][0], split[j][1]
         out.append({**r, "kl_ids": p + c, "kl_mask": [0] * len(p) + [1] * len(c)})
     return out
+
 
 def collate_kto(rows: list[dict], pad_id: int) -> dict:
     "Batch unpaired rows: the main rows (input_ids, …, label, extras) and their mismatched rows under `kl_*`."
@@ -105,54 +156,101 @@ def collate_kto(rows: list[dict], pad_id: int) -> dict:
     kl = collate_sft([{"input_ids": r["kl_ids"], "completion_mask": r["kl_mask"]} for r in rows], pad_id)
     return {**main, **{f"kl_{k}": v for k, v in kl.items()}}
 
+
 def kto_loss_fn(cfg, ref: Reference):
     "loss_fn(model, batch) -> (loss, metrics) for KTO on `collate_kto` batches."
+
     def loss_fn(model, batch):
         main = _split(batch)
         klb = {k: batch[f"kl_{k}"] for k in main}
         lp = sequence_logps(model, **main).sum
-        with torch.no_grad(): kl_lp = sequence_logps(model, **klb).sum     # TRL: no gradient through the KL estimate
-        if isinstance(ref, PrecomputedReference): ref_lp, kl_ref = batch["ref_logps"].float(), batch["ref_kl_logps"].float()
-        else: ref_lp, kl_ref = ref.logps(model, main), ref.logps(model, klb)
+        with torch.no_grad():
+            kl_lp = sequence_logps(model, **klb).sum  # TRL: no gradient through the KL estimate
+        if isinstance(ref, PrecomputedReference):
+            ref_lp, kl_ref = batch["ref_logps"].float(), batch["ref_kl_logps"].float()
+        else:
+            ref_lp, kl_ref = ref.logps(model, main), ref.logps(model, klb)
         d = batch["label"].bool()
-        losses, rewards, z0 = kto_loss(lp, ref_lp, d, kl_lp, kl_ref, beta=cfg.beta,
-                                       desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
+        losses, rewards, z0 = kto_loss(
+            lp,
+            ref_lp,
+            d,
+            kl_lp,
+            kl_ref,
+            beta=cfg.beta,
+            desirable_weight=cfg.desirable_weight,
+            undesirable_weight=cfg.undesirable_weight,
+        )
         m = {"kl": z0}
-        if d.any(): m.update({"rewards/chosen": rewards[d].mean(), "logps/chosen": lp[d].detach().mean()})
-        if (~d).any(): m.update({"rewards/rejected": rewards[~d].mean(), "logps/rejected": lp[~d].detach().mean()})
+        if d.any():
+            m.update({"rewards/chosen": rewards[d].mean(), "logps/chosen": lp[d].detach().mean()})
+        if (~d).any():
+            m.update({"rewards/rejected": rewards[~d].mean(), "logps/rejected": lp[~d].detach().mean()})
         return losses.mean(), m
+
     return loss_fn
 
 # %% ../../nbs/28_preftrain.ipynb #8db750fb
 _DATA_CACHE: dict = {}
 
+
 def build_data(cfg, tok) -> dict:
     "Tokenised train/eval rows, the collate function and (toy) the evaluation hands, for `cfg.objective` (cached)."
     kto = cfg.objective == "kto"
-    key = (cfg.dataset, cfg.n_train, cfg.n_eval, cfg.seed, kto, cfg.max_length, cfg.get("max_prompt_length"),
-           cfg.get("dataset_kind"), tok.name_or_path, len(tok))
-    if key not in _DATA_CACHE: _DATA_CACHE.clear(); _DATA_CACHE[key] = _build_data(cfg, tok, kto)
+    key = (
+        cfg.dataset,
+        cfg.n_train,
+        cfg.n_eval,
+        cfg.seed,
+        kto,
+        cfg.max_length,
+        cfg.get("max_prompt_length"),
+        cfg.get("dataset_kind"),
+        tok.name_or_path,
+        len(tok),
+    )
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = _build_data(cfg, tok, kto)
     return _DATA_CACHE[key]
+
 
 def _build_data(cfg, tok, kto) -> dict:
     if cfg.dataset in (None, "gpoints"):
         train = gpoints_preferences(cfg.n_train, seed=cfg.seed)
-        evals = gpoints_preferences(cfg.n_eval, hands=eval_hands(ID_RULE, cfg.n_eval, seed=0), seed=cfg.seed + 1)
+        evals = gpoints_preferences(
+            cfg.n_eval, hands=eval_hands(ID_RULE, cfg.n_eval, seed=0), seed=cfg.seed + 1
+        )
         hands = [hand_of(r) for r in evals]
     else:
-        full = load_preference_dataset(cfg.dataset, kind="unpaired" if kto and cfg.dataset_kind == "unpaired" else "preference",
-                                       n=cfg.n_train + cfg.n_eval if cfg.n_train else None)
+        full = load_preference_dataset(
+            cfg.dataset,
+            kind="unpaired" if kto and cfg.dataset_kind == "unpaired" else "preference",
+            n=cfg.n_train + cfg.n_eval if cfg.n_train else None,
+        )
         mpl = cfg.get("max_prompt_length") or cfg.max_length
         n0 = len(full)
-        full = full.filter(lambda r: len(tok(render_prompt(r["prompt"], tok), add_special_tokens=False).input_ids) < min(mpl, cfg.max_length))
-        if len(full) < n0: print(f"dropped {n0 - len(full)} of {n0} rows whose prompt has max_prompt_length={mpl} tokens or more")
-        if len(full) < 2: raise ValueError(f"{cfg.dataset}: fewer than 2 rows left after dropping long prompts; raise max_prompt_length")
+        full = full.filter(
+            lambda r: (
+                len(tok(render_prompt(r["prompt"], tok), add_special_tokens=False).input_ids)
+                < min(mpl, cfg.max_length)
+            )
+        )
+        if len(full) < n0:
+            print(
+                f"dropped {n0 - len(full)} of {n0} rows whose prompt has max_prompt_length={mpl} tokens or more"
+            )
+        if len(full) < 2:
+            raise ValueError(
+                f"{cfg.dataset}: fewer than 2 rows left after dropping long prompts; raise max_prompt_length"
+            )
         full = full.shuffle(seed=cfg.seed)
         ne = min(cfg.n_eval, len(full) // 10 or 1)
         evals, train, hands = full.select(range(ne)), full.select(range(ne, len(full))), None
     pad = tok.pad_token_id
     if kto:
-        if "label" not in train.column_names: train = unpair_preferences(train)
+        if "label" not in train.column_names:
+            train = unpair_preferences(train)
         rows = add_kl_rows(tokenize_unpaired(train.shuffle(seed=cfg.seed), tok, cfg.max_length))
         collate = lambda rs: collate_kto(rs, pad)
     else:
@@ -160,8 +258,14 @@ def _build_data(cfg, tok, kto) -> dict:
         collate = lambda rs: collate_preference(rs, pad)
     eval_pairs = evals if "chosen" in evals.column_names else None
     eval_rows = tokenize_preference(eval_pairs, tok, cfg.max_length) if eval_pairs is not None else []
-    return dict(train=rows, eval=eval_rows, collate=collate, eval_collate=lambda rs: collate_preference(rs, pad),
-                hands=hands, eval_prompts=[r["prompt"] for r in evals])
+    return dict(
+        train=rows,
+        eval=eval_rows,
+        collate=collate,
+        eval_collate=lambda rs: collate_preference(rs, pad),
+        hands=hands,
+        eval_prompts=[r["prompt"] for r in evals],
+    )
 
 # %% ../../nbs/28_preftrain.ipynb #6fac690d
 def collate_shared_prompt(rows: list[dict], pad_id: int) -> dict:
@@ -170,42 +274,71 @@ def collate_shared_prompt(rows: list[dict], pad_id: int) -> dict:
     for i, r in enumerate(rows):
         k = r["chosen_mask"].index(1)
         if r["rejected_mask"].index(1) != k or r["chosen_ids"][:k] != r["rejected_ids"][:k]:
-            raise ValueError(f"row {i}: chosen and rejected do not share the same prompt tokens; use share_prompt=False")
+            raise ValueError(
+                f"row {i}: chosen and rejected do not share the same prompt tokens; use share_prompt=False"
+            )
         c, rj = r["chosen_ids"][k:], r["rejected_ids"][k:]
         seqs.append(r["chosen_ids"][:k] + c + rj)
         pos.append(list(range(k + len(c))) + list(range(k, k + len(rj))))
-        cidx.append(([k - 1 + j for j in range(len(c))], c))                                # logits position → token
+        cidx.append(([k - 1 + j for j in range(len(c))], c))  # logits position → token
         ridx.append(([k - 1] + [k + len(c) + j for j in range(len(rj) - 1)], rj))
     B, L = len(seqs), max(map(len, seqs))
     allow = torch.zeros(B, 1, L, L, dtype=torch.bool)
     tri = torch.tril(torch.ones(L, L, dtype=torch.bool))
     for b, (s, r) in enumerate(zip(seqs, rows)):
-        n, k = len(s), r["chosen_mask"].index(1); e = k + len(r["chosen_ids"]) - k
-        a = tri.clone(); a[:, n:] = False
-        a[e:n, k:e] = False                                      # rejected tokens do not see the chosen ones
-        a[torch.arange(L), torch.arange(L)] = True               # padding rows see themselves (no empty softmax)
+        n, k = len(s), r["chosen_mask"].index(1)
+        e = k + len(r["chosen_ids"]) - k
+        a = tri.clone()
+        a[:, n:] = False
+        a[e:n, k:e] = False  # rejected tokens do not see the chosen ones
+        a[torch.arange(L), torch.arange(L)] = True  # padding rows see themselves (no empty softmax)
         allow[b, 0] = a
+
     def padded(idx):
         T = max(len(p) for p, _ in idx)
-        P = torch.tensor([p + [0] * (T - len(p)) for p, _ in idx]); X = torch.tensor([t + [pad_id] * (T - len(t)) for _, t in idx])
+        P = torch.tensor([p + [0] * (T - len(p)) for p, _ in idx])
+        X = torch.tensor([t + [pad_id] * (T - len(t)) for _, t in idx])
         M = torch.tensor([[1] * len(p) + [0] * (T - len(p)) for p, _ in idx], dtype=torch.bool)
         return P, X, M
+
     (cp, ct, cm), (rp, rt, rm) = padded(cidx), padded(ridx)
     from alignbook.data import pad as _pad
-    extras = {k: torch.tensor([r[k] for r in rows]) for k in rows[0] if k not in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
-    return {"input_ids": _pad(seqs, pad_id), "position_ids": _pad(pos, 0), "allow": allow, "chosen_pos": cp, "chosen_tok": ct,
-            "chosen_tmask": cm, "rejected_pos": rp, "rejected_tok": rt, "rejected_tmask": rm, **extras}
+
+    extras = {
+        k: torch.tensor([r[k] for r in rows])
+        for k in rows[0]
+        if k not in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+    }
+    return {
+        "input_ids": _pad(seqs, pad_id),
+        "position_ids": _pad(pos, 0),
+        "allow": allow,
+        "chosen_pos": cp,
+        "chosen_tok": ct,
+        "chosen_tmask": cm,
+        "rejected_pos": rp,
+        "rejected_tok": rt,
+        "rejected_tmask": rm,
+        **extras,
+    }
+
 
 def shared_prompt_logps(model, batch):
     "(chosen, rejected) summed log-probs (B,), average log-probs (B,) and token counts (B,) from one packed forward."
     m = getattr(model, "module", model)
     dtype = next(m.parameters()).dtype
-    mask = torch.zeros(batch["allow"].shape, dtype=dtype, device=batch["allow"].device).masked_fill(~batch["allow"], torch.finfo(dtype).min)
-    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False).logits
+    mask = torch.zeros(batch["allow"].shape, dtype=dtype, device=batch["allow"].device).masked_fill(
+        ~batch["allow"], torch.finfo(dtype).min
+    )
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
+    ).logits
     out = []
     for side in ("chosen", "rejected"):
         P, X, M = batch[f"{side}_pos"], batch[f"{side}_tok"], batch[f"{side}_tmask"]
-        sel = logits.gather(1, P.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))        # (B, T, V) at the needed positions
+        sel = logits.gather(
+            1, P.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+        )  # (B, T, V) at the needed positions
         lp = selective_log_softmax(sel, X) * M
         n = M.sum(1)
         out.append((lp.sum(1), lp.sum(1) / n.clamp(min=1), n))
@@ -217,32 +350,58 @@ def eval_pairs(model, ref: Reference, rows, collate, batch_size=32, device=None)
     "Held-out pair metrics: pref_acc (avg log-prob), implicit accuracy, log-prob drift from the reference."
     acc, impl, dw, dl, lw, ll = [], [], [], [], [], []
     for i in range(0, len(rows), batch_size):
-        b = collate(rows[i:i + batch_size])
-        if device is not None: b = {k: v.to(device) for k, v in b.items()}
-        with eval_mode(model): p = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
+        b = collate(rows[i : i + batch_size])
+        if device is not None:
+            b = {k: v.to(device) for k, v in b.items()}
+        with eval_mode(model):
+            p = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
         w, l = p.chunk2()
         rw, rl = ref.logps(model, b).chunk(2)
-        acc.append(w.avg > l.avg); impl.append((w.sum - rw) > (l.sum - rl))
-        dw.append(w.sum - rw); dl.append(l.sum - rl); lw.append(w.sum); ll.append(l.sum)
+        acc.append(w.avg > l.avg)
+        impl.append((w.sum - rw) > (l.sum - rl))
+        dw.append(w.sum - rw)
+        dl.append(l.sum - rl)
+        lw.append(w.sum)
+        ll.append(l.sum)
     c = lambda xs: torch.cat(xs).float().mean().item()
-    return {"eval/pref_acc": c(acc), "eval/implicit_acc": c(impl), "eval/logps_chosen": c(lw), "eval/logps_rejected": c(ll),
-            "eval/drift_chosen": c(dw), "eval/drift_rejected": c(dl)}
+    return {
+        "eval/pref_acc": c(acc),
+        "eval/implicit_acc": c(impl),
+        "eval/logps_chosen": c(lw),
+        "eval/logps_rejected": c(ll),
+        "eval/drift_chosen": c(dw),
+        "eval/drift_rejected": c(dl),
+    }
+
 
 @torch.no_grad()
-def eval_generation(model, tok, ref: Reference, hands, prompts, max_new_tokens=48, ref_rewards=None, device=None) -> dict:
+def eval_generation(
+    model, tok, ref: Reference, hands, prompts, max_new_tokens=48, ref_rewards=None, device=None
+) -> dict:
     "Verifier success of greedy answers, win rate against the reference's answers, sequential KL(π‖π_ref) along them."
     from alignbook.lm.rollout import sample_completions, pack_batch
+
     with eval_mode(model):
         s = sample_completions(model, tok, prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
     rewards = [score_response(t, h).reward for t, h in zip(s.texts, hands)]
-    out = {"eval/success": sum(r == 5.0 for r in rewards) / len(rewards), "eval/mean_reward": sum(rewards) / len(rewards)}
+    out = {
+        "eval/success": sum(r == 5.0 for r in rewards) / len(rewards),
+        "eval/mean_reward": sum(rewards) / len(rewards),
+    }
     if ref_rewards is not None:
-        out["eval/win_rate"] = sum((a > b) + 0.5 * (a == b) for a, b in zip(rewards, ref_rewards)) / len(rewards)
+        out["eval/win_rate"] = sum((a > b) + 0.5 * (a == b) for a, b in zip(rewards, ref_rewards)) / len(
+            rewards
+        )
     if ref is not None and ref.online:
-        b = pack_batch(s.prompt_ids, [c or [tok.eos_token_id] for c in s.completion_ids], tok.pad_token_id, device)
-        with eval_mode(model): p = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"], return_logits=True)
+        b = pack_batch(
+            s.prompt_ids, [c or [tok.eos_token_id] for c in s.completion_ids], tok.pad_token_id, device
+        )
+        with eval_mode(model):
+            p = sequence_logps(
+                model, b["input_ids"], b["attention_mask"], b["completion_mask"], return_logits=True
+            )
         r = ref.forward(model, b, return_logits=True)
-        out["eval/kl_ref"] = sequential_kl(r.logits, p.logits, p.mask).mean().item()   # KL(π_θ ‖ π_ref)
+        out["eval/kl_ref"] = sequential_kl(r.logits, p.logits, p.mask).mean().item()  # KL(π_θ ‖ π_ref)
     return out
 
 # %% ../../nbs/28_preftrain.ipynb #36c7e89f
@@ -250,30 +409,62 @@ def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = Fal
     "Train `cfg.objective` (dpo, ipo, simpo, orpo, kto, tdpo, sft_chosen) with the shared Trainer; returns the summary."
     obj = cfg.objective
     set_seed(cfg.seed)
-    if model is None: model, tokenizer = load_policy(cfg)
+    if model is None:
+        model, tokenizer = load_policy(cfg)
     tok = tokenizer
-    if getattr(model, "config", None) is not None: model.config.use_cache = False   # training forwards need no KV cache (as TRL)
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False  # training forwards need no KV cache (as TRL)
     data = build_data(cfg, tok)
     kind = auto_reference(cfg)
     if obj == "tdpo" and kind == "precomputed":
-        raise ValueError("tdpo needs the reference's full logits every step: use reference='copy', 'disabled_adapter' or 'second_adapter'")
-    online = make_reference(kind if kind != "precomputed" else ("disabled_adapter" if cfg.lora else "copy"), model,
-                            ref_model=None)
+        raise ValueError(
+            "tdpo needs the reference's full logits every step: use reference='copy', 'disabled_adapter' or 'second_adapter'"
+        )
+    online = make_reference(
+        kind if kind != "precomputed" else ("disabled_adapter" if cfg.lora else "copy"), model, ref_model=None
+    )
     dev = default_device(cfg.device)
-    if hasattr(online, "to"): online.to(dev)
+    if hasattr(online, "to"):
+        online.to(dev)
     model.to(dev)
     rows = data["train"]
     if kind == "precomputed" and obj in NEEDS_REF:
         cache = Path(cfg.ref_cache_dir or (Path(cfg.out_dir or ".") / "ref_cache"))
         if obj == "kto":
-            rows, _ = precompute_reference(online, model, rows, lambda rs: _split(collate_sft([{k: r[k] for k in ("input_ids", "completion_mask")} for r in rs], tok.pad_token_id)),
-                                           cache, batch_size=cfg.batch_size, device=dev, keys=("ref_logps",))
-            rows, _ = precompute_reference(online, model, rows, lambda rs: collate_sft([{"input_ids": r["kl_ids"], "completion_mask": r["kl_mask"]} for r in rs], tok.pad_token_id),
-                                           cache, batch_size=cfg.batch_size, device=dev, keys=("ref_kl_logps",))
+            rows, _ = precompute_reference(
+                online,
+                model,
+                rows,
+                lambda rs: _split(
+                    collate_sft(
+                        [{k: r[k] for k in ("input_ids", "completion_mask")} for r in rs], tok.pad_token_id
+                    )
+                ),
+                cache,
+                batch_size=cfg.batch_size,
+                device=dev,
+                keys=("ref_logps",),
+            )
+            rows, _ = precompute_reference(
+                online,
+                model,
+                rows,
+                lambda rs: collate_sft(
+                    [{"input_ids": r["kl_ids"], "completion_mask": r["kl_mask"]} for r in rs],
+                    tok.pad_token_id,
+                ),
+                cache,
+                batch_size=cfg.batch_size,
+                device=dev,
+                keys=("ref_kl_logps",),
+            )
         else:
-            rows, _ = precompute_reference(online, model, rows, data["collate"], cache, batch_size=cfg.batch_size, device=dev)
+            rows, _ = precompute_reference(
+                online, model, rows, data["collate"], cache, batch_size=cfg.batch_size, device=dev
+            )
         train_ref = PrecomputedReference()
-    else: train_ref = online if obj in NEEDS_REF else None
+    else:
+        train_ref = online if obj in NEEDS_REF else None
     loss_fn = kto_loss_fn(cfg, train_ref) if obj == "kto" else paired_loss_fn(obj, cfg, train_ref)
     collate = data["collate"]
     if cfg.get("share_prompt") and obj in ("dpo", "ipo", "simpo", "orpo"):
@@ -281,22 +472,30 @@ def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = Fal
     # ground-truth evaluation (toy): the reference's own answers are scored once
     ref_rewards = None
     if data["hands"] is not None and cfg.n_gen:
-        hands, prompts = data["hands"][:cfg.n_gen], data["eval_prompts"][:cfg.n_gen]
+        hands, prompts = data["hands"][: cfg.n_gen], data["eval_prompts"][: cfg.n_gen]
         from alignbook.lm.rollout import sample_completions
+
         with torch.no_grad(), online._active(model) as rm, eval_mode(rm):
             rs = sample_completions(rm, tok, prompts, n=1, max_new_tokens=cfg.max_new_tokens, temperature=0.0)
         ref_rewards = [score_response(t, h).reward for t, h in zip(rs.texts, hands)]
+
     def eval_fn(m):
         out = eval_pairs(m, online, data["eval"], data["eval_collate"], device=dev) if data["eval"] else {}
         if ref_rewards is not None:
-            out.update(eval_generation(m, tok, online, hands, prompts, cfg.max_new_tokens, ref_rewards, device=dev))
+            out.update(
+                eval_generation(m, tok, online, hands, prompts, cfg.max_new_tokens, ref_rewards, device=dev)
+            )
         return out
+
     tr = Trainer(model, cfg, loss_fn=loss_fn, train_data=rows, collate_fn=collate, eval_fn=eval_fn)
     tr.fit()
     summary = {}
-    for row in getattr(tr, "history", []): summary.update(row)     # last value of every logged key (train and eval)
-    if tr.out_dir is not None: summary["final_model"] = str(tr.save_model(Path(tr.out_dir) / "final", tok))
-    if return_trainer: return summary, tr
+    for row in getattr(tr, "history", []):
+        summary.update(row)  # last value of every logged key (train and eval)
+    if tr.out_dir is not None:
+        summary["final_model"] = str(tr.save_model(Path(tr.out_dir) / "final", tok))
+    if return_trainer:
+        return summary, tr
     return summary
 
 # %% ../../nbs/28_preftrain.ipynb #fc9a6146
@@ -307,44 +506,127 @@ def train_reward(cfg, return_trainer: bool = False):
     model = load_reward_model(resolve_model_path(cfg.model), tok)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=cfg.lora_targets, task_type="SEQ_CLS"))
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=cfg.lora_targets,
+                task_type="SEQ_CLS",
+            ),
+        )
     data = build_data(cfg.replace(objective="dpo"), tok)
     dev = default_device(cfg.device)
+
     @torch.no_grad()
     def eval_fn(m):
         rw, rl = [], []
         for i in range(0, len(data["eval"]), 32):
-            b = {k: v.to(dev) for k, v in data["eval_collate"](data["eval"][i:i + 32]).items()}
-            a, c = reward_scores(m, b["input_ids"], b["attention_mask"]).chunk(2); rw.append(a); rl.append(c)
+            b = {k: v.to(dev) for k, v in data["eval_collate"](data["eval"][i : i + 32]).items()}
+            a, c = reward_scores(m, b["input_ids"], b["attention_mask"]).chunk(2)
+            rw.append(a)
+            rl.append(c)
         rw, rl = torch.cat(rw), torch.cat(rl)
         return {"eval/accuracy": pairwise_accuracy(rw, rl), "eval/margin": (rw - rl).mean().item()}
-    tr = Trainer(model, cfg, loss_fn=reward_pair_loss, train_data=data["train"], collate_fn=data["collate"], eval_fn=eval_fn)
+
+    tr = Trainer(
+        model,
+        cfg,
+        loss_fn=reward_pair_loss,
+        train_data=data["train"],
+        collate_fn=data["collate"],
+        eval_fn=eval_fn,
+    )
     tr.fit()
     summary = {}
-    for row in getattr(tr, "history", []): summary.update(row)
-    if tr.out_dir is not None: summary["final_model"] = str(tr.save_model(Path(tr.out_dir) / "final", tok))
+    for row in getattr(tr, "history", []):
+        summary.update(row)
+    if tr.out_dir is not None:
+        summary["final_model"] = str(tr.save_model(Path(tr.out_dir) / "final", tok))
     return (summary, tr) if return_trainer else summary
 
 # %% ../../nbs/28_preftrain.ipynb #758112d8
-PREF_TOY = dict(dataset="gpoints", n_train=2000, n_eval=128, n_gen=64, max_new_tokens=64, batch_size=16, lr=5e-5,
-                max_steps=100, log_every=10, eval_every=0, reference="auto", ref_cache_dir=None, dataset_kind="preference",
-                max_length=128, beta=0.1, loss_type="sigmoid", label_smoothing=0.0, gamma=0.5, alpha=0.5, variant=2,
-                desirable_weight=1.0, undesirable_weight=1.0, share_prompt=False)
-PREF_GPU = dict(dataset="trl-lib/ultrafeedback_binarized", n_train=None, n_eval=512, n_gen=0, model="Qwen/Qwen2.5-0.5B-Instruct",
-                lora=True, mixed_precision="bf16", lr=5e-6, batch_size=8, grad_accum=4, max_steps=1000, max_length=1024,
-                max_prompt_length=512, eval_every=200)
+PREF_TOY = dict(
+    dataset="gpoints",
+    n_train=2000,
+    n_eval=128,
+    n_gen=64,
+    max_new_tokens=64,
+    batch_size=16,
+    lr=5e-5,
+    max_steps=100,
+    log_every=10,
+    eval_every=0,
+    reference="auto",
+    ref_cache_dir=None,
+    dataset_kind="preference",
+    max_length=128,
+    beta=0.1,
+    loss_type="sigmoid",
+    label_smoothing=0.0,
+    gamma=0.5,
+    alpha=0.5,
+    variant=2,
+    desirable_weight=1.0,
+    undesirable_weight=1.0,
+    share_prompt=False,
+)
+PREF_GPU = dict(
+    dataset="trl-lib/ultrafeedback_binarized",
+    n_train=None,
+    n_eval=512,
+    n_gen=0,
+    model="Qwen/Qwen2.5-0.5B-Instruct",
+    lora=True,
+    mixed_precision="bf16",
+    lr=5e-6,
+    batch_size=8,
+    grad_accum=4,
+    max_steps=1000,
+    max_length=1024,
+    max_prompt_length=512,
+    eval_every=200,
+)
 
 OBJECTIVE_DEFAULTS = {
-    "dpo": ({"share_prompt": True}, {"share_prompt": False}, "DPO (Rafailov et al. 2023); loss_type sigmoid|hinge|ipo|robust"),
-    "ipo": ({"loss_type": "ipo", "beta": 0.1, "share_prompt": True}, {"share_prompt": False}, "IPO (Azar et al. 2023), token-averaged as in TRL"),
-    "simpo": ({"beta": 2.0, "gamma": 0.5, "share_prompt": True}, {"beta": 2.0, "gamma": 0.5, "share_prompt": False}, "SimPO (Meng et al. 2024), reference-free"),
-    "orpo": ({"beta": 0.1, "share_prompt": True}, {"share_prompt": False}, "ORPO (Hong et al. 2024), NLL + odds-ratio term, reference-free"),
-    "kto": ({"dataset_kind": "preference"}, {"dataset": "trl-lib/kto-mix-14k", "dataset_kind": "unpaired"}, "KTO (Ethayarajh et al. 2024), unpaired"),
+    "dpo": (
+        {"share_prompt": True},
+        {"share_prompt": False},
+        "DPO (Rafailov et al. 2023); loss_type sigmoid|hinge|ipo|robust",
+    ),
+    "ipo": (
+        {"loss_type": "ipo", "beta": 0.1, "share_prompt": True},
+        {"share_prompt": False},
+        "IPO (Azar et al. 2023), token-averaged as in TRL",
+    ),
+    "simpo": (
+        {"beta": 2.0, "gamma": 0.5, "share_prompt": True},
+        {"beta": 2.0, "gamma": 0.5, "share_prompt": False},
+        "SimPO (Meng et al. 2024), reference-free",
+    ),
+    "orpo": (
+        {"beta": 0.1, "share_prompt": True},
+        {"share_prompt": False},
+        "ORPO (Hong et al. 2024), NLL + odds-ratio term, reference-free",
+    ),
+    "kto": (
+        {"dataset_kind": "preference"},
+        {"dataset": "trl-lib/kto-mix-14k", "dataset_kind": "unpaired"},
+        "KTO (Ethayarajh et al. 2024), unpaired",
+    ),
     "tdpo": ({"variant": 2, "alpha": 0.5}, {}, "TDPO (Zeng et al. 2024), sequential KL"),
     "sft_chosen": ({}, {}, "baseline: SFT on the chosen answers"),
 }
 for _name, (_toy, _gpu, _help) in OBJECTIVE_DEFAULTS.items():
-    register_objective(_name, train_preference, toy={**PREF_TOY, **_toy}, gpu={**PREF_GPU, **_gpu}, help=_help)
-register_objective("reward", train_reward, toy={**PREF_TOY, "lr": 1e-4}, gpu={**PREF_GPU, "lr": 1e-5},
-                   help="Bradley–Terry reward model (scalar head)")
+    register_objective(
+        _name, train_preference, toy={**PREF_TOY, **_toy}, gpu={**PREF_GPU, **_gpu}, help=_help
+    )
+register_objective(
+    "reward",
+    train_reward,
+    toy={**PREF_TOY, "lr": 1e-4},
+    gpu={**PREF_GPU, "lr": 1e-5},
+    help="Bradley–Terry reward model (scalar head)",
+)

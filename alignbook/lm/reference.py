@@ -21,99 +21,149 @@ def eval_mode(model):
     "Temporarily switch `model` to eval mode (dropout off), restoring its previous mode."
     was = model.training
     model.eval()
-    try: yield model
-    finally: model.train(was)
+    try:
+        yield model
+    finally:
+        model.train(was)
 
-def _unwrap(model): return getattr(model, "module", model)
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
 
 class Reference:
     "Reference log-probs for a batch (input_ids, attention_mask, completion_mask); never tracks gradients."
+
     kind = "base"
     online = True
-    def _model(self, policy): raise NotImplementedError
+
+    def _model(self, policy):
+        raise NotImplementedError
+
     @contextlib.contextmanager
-    def _active(self, policy): yield self._model(policy)
+    def _active(self, policy):
+        yield self._model(policy)
+
     def forward(self, policy, batch, return_logits=False) -> LogProbs:
         "LogProbs of the batch's completions under the reference."
         with torch.no_grad(), self._active(policy) as m, eval_mode(m):
-            return sequence_logps(m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], return_logits)
+            return sequence_logps(
+                m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], return_logits
+            )
+
     def logps(self, policy, batch) -> torch.Tensor:
         "Summed completion log-probs (N,) under the reference."
         return self.forward(policy, batch).sum
+
     def fingerprint(self, policy) -> str:
         "A hash of the reference's weights (for the precomputed cache key)."
-        with self._active(policy) as m: return weights_hash(m)
+        with self._active(policy) as m:
+            return weights_hash(m)
+
 
 def weights_hash(model, adapters_active=True) -> str:
     "sha256 of the model's parameters and buffers (names, dtypes, bytes)."
     h = hashlib.sha256()
     for n, t in sorted(_unwrap(model).state_dict().items()):
         t = t.detach().cpu().contiguous()
-        h.update(n.encode()); h.update(str(t.dtype).encode()); h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(n.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 # %% ../../nbs/23_reference.ipynb #1bb58ec2
 class CopyReference(Reference):
     "A deep-copied, frozen, eval-mode model (LoRA merged if the source has adapters)."
+
     kind = "copy"
+
     def __init__(self, model):
         m = copy.deepcopy(_unwrap(model))
-        if hasattr(m, "merge_and_unload"): m = m.merge_and_unload()
+        if hasattr(m, "merge_and_unload"):
+            m = m.merge_and_unload()
         self.model = m.eval().requires_grad_(False)
-    def _model(self, policy): return self.model
-    def to(self, device): self.model.to(device); return self
+
+    def _model(self, policy):
+        return self.model
+
+    def to(self, device):
+        self.model.to(device)
+        return self
 
 # %% ../../nbs/23_reference.ipynb #1b678d52
 class DisabledAdapterReference(Reference):
     "The policy's own base model, with its LoRA adapters switched off (no extra memory)."
+
     kind = "disabled_adapter"
-    def _model(self, policy): return _unwrap(policy)
+
+    def _model(self, policy):
+        return _unwrap(policy)
+
     @contextlib.contextmanager
     def _active(self, policy):
         m = _unwrap(policy)
         if not hasattr(m, "disable_adapter"):
-            raise ValueError("reference='disabled_adapter' needs a peft (LoRA) policy: set lora=True, or use reference='copy'")
-        with m.disable_adapter(): yield m
+            raise ValueError(
+                "reference='disabled_adapter' needs a peft (LoRA) policy: set lora=True, or use reference='copy'"
+            )
+        with m.disable_adapter():
+            yield m
+
     def fingerprint(self, policy):
         m = _unwrap(policy)
         return weights_hash_filtered(m, lambda n: "lora_" not in n)
+
 
 def weights_hash_filtered(model, keep) -> str:
     "sha256 of the parameters whose name passes `keep`."
     h = hashlib.sha256()
     for n, t in sorted(model.state_dict().items()):
-        if not keep(n): continue
+        if not keep(n):
+            continue
         t = t.detach().cpu().contiguous()
-        h.update(n.encode()); h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(n.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 # %% ../../nbs/23_reference.ipynb #d908e072
 class AdapterReference(Reference):
     "A frozen snapshot of the policy's active LoRA adapter, kept as a second adapter `name`."
+
     kind = "second_adapter"
+
     def __init__(self, policy, name="ref"):
         m = _unwrap(policy)
         if not hasattr(m, "peft_config"):
-            raise ValueError("reference='second_adapter' needs a peft (LoRA) policy: set lora=True, or use reference='copy'")
+            raise ValueError(
+                "reference='second_adapter' needs a peft (LoRA) policy: set lora=True, or use reference='copy'"
+            )
         self.name, self.active = name, m.active_adapter
         flags = {n: p.requires_grad for n, p in m.named_parameters()}
         m.add_adapter(name, copy.deepcopy(m.peft_config[self.active]))
         sd = m.state_dict()
         with torch.no_grad():
             for n, p in m.named_parameters():
-                if f".{name}." in n: p.copy_(sd[n.replace(f".{name}.", f".{self.active}.")])
+                if f".{name}." in n:
+                    p.copy_(sd[n.replace(f".{name}.", f".{self.active}.")])
         m.set_adapter(self.active)
-        for n, p in m.named_parameters(): p.requires_grad_(flags.get(n, False))   # ref adapter frozen
-    def _model(self, policy): return _unwrap(policy)
+        for n, p in m.named_parameters():
+            p.requires_grad_(flags.get(n, False))  # ref adapter frozen
+
+    def _model(self, policy):
+        return _unwrap(policy)
+
     @contextlib.contextmanager
     def _active(self, policy):
         m = _unwrap(policy)
         flags = {n: p.requires_grad for n, p in m.named_parameters()}
         m.set_adapter(self.name)
-        try: yield m
+        try:
+            yield m
         finally:
             m.set_adapter(self.active)
-            for n, p in m.named_parameters(): p.requires_grad_(flags[n])
+            for n, p in m.named_parameters():
+                p.requires_grad_(flags[n])
+
     def fingerprint(self, policy):
         a = f".{self.active}."
         return weights_hash_filtered(_unwrap(policy), lambda n: "lora_" not in n or f".{self.name}." in n)
@@ -122,22 +172,29 @@ class AdapterReference(Reference):
 def data_hash(rows) -> str:
     "sha256 of tokenised rows (lists of ints and numbers)."
     h = hashlib.sha256()
-    for r in rows: h.update(json.dumps(r, sort_keys=True, default=str).encode())
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
 
 PAIR_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 
-def precompute_reference(ref: Reference, policy, rows, collate_fn, cache_dir, batch_size=32, device=None,
-                         keys=PAIR_KEYS) -> tuple[list[dict], Path]:
+
+def precompute_reference(
+    ref: Reference, policy, rows, collate_fn, cache_dir, batch_size=32, device=None, keys=PAIR_KEYS
+) -> tuple[list[dict], Path]:
     "Rows with reference log-probs added under `keys` (chosen then rejected halves), cached in `cache_dir`."
-    cache_dir = Path(cache_dir); cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"ref-logps-{data_hash(rows)}-{ref.fingerprint(policy)}.safetensors"
-    if path.exists(): vals = load_file(str(path))
+    if path.exists():
+        vals = load_file(str(path))
     else:
         outs = []
         for i in range(0, len(rows), batch_size):
-            b = collate_fn(rows[i:i + batch_size])
-            if device is not None: b = {k: v.to(device) for k, v in b.items()}
+            b = collate_fn(rows[i : i + batch_size])
+            if device is not None:
+                b = {k: v.to(device) for k, v in b.items()}
             lp = ref.logps(policy, b).float().cpu()
             outs.append(lp.view(len(keys), -1) if len(keys) > 1 else lp.view(1, -1))
         cat = torch.cat(outs, 1)
@@ -145,28 +202,43 @@ def precompute_reference(ref: Reference, policy, rows, collate_fn, cache_dir, ba
         save_file(vals, str(path))
     return [{**r, **{k: float(vals[k][i]) for k in keys}} for i, r in enumerate(rows)], path
 
+
 class PrecomputedReference(Reference):
     "Reads reference log-probs that `precompute_reference` stored in the rows (and so in the batch)."
+
     kind, online = "precomputed", False
-    def __init__(self, keys=PAIR_KEYS): self.keys = keys
+
+    def __init__(self, keys=PAIR_KEYS):
+        self.keys = keys
+
     def logps(self, policy, batch):
         missing = [k for k in self.keys if k not in batch]
-        if missing: raise KeyError(f"batch lacks precomputed {missing}: run precompute_reference on the rows first")
+        if missing:
+            raise KeyError(f"batch lacks precomputed {missing}: run precompute_reference on the rows first")
         return torch.cat([batch[k] for k in self.keys]).float()
+
     def forward(self, policy, batch, return_logits=False):
-        raise ValueError("precomputed reference log-probs have no logits: TDPO needs the reference's full-vocabulary "
-                         "logits every step, use reference='copy', 'disabled_adapter' or 'second_adapter'")
+        raise ValueError(
+            "precomputed reference log-probs have no logits: TDPO needs the reference's full-vocabulary "
+            "logits every step, use reference='copy', 'disabled_adapter' or 'second_adapter'"
+        )
 
 # %% ../../nbs/23_reference.ipynb #302bccbc
 REFERENCES = ("copy", "disabled_adapter", "second_adapter", "precomputed")
 
+
 def make_reference(kind: str, policy, ref_model=None) -> Reference:
     "Build the reference `kind` for `policy` (`ref_model` overrides the weights of a `copy`)."
-    if kind == "copy": return CopyReference(ref_model if ref_model is not None else policy)
-    if kind == "disabled_adapter": return DisabledAdapterReference()
-    if kind == "second_adapter": return AdapterReference(policy)
-    if kind == "precomputed": return PrecomputedReference()
+    if kind == "copy":
+        return CopyReference(ref_model if ref_model is not None else policy)
+    if kind == "disabled_adapter":
+        return DisabledAdapterReference()
+    if kind == "second_adapter":
+        return AdapterReference(policy)
+    if kind == "precomputed":
+        return PrecomputedReference()
     raise ValueError(f"unknown reference {kind!r}; valid: {', '.join(REFERENCES)}")
+
 
 def auto_reference(cfg) -> str:
     "cfg.reference, or 'disabled_adapter' for LoRA and 'copy' otherwise."
@@ -177,10 +249,17 @@ def auto_reference(cfg) -> str:
 def check_frozen(ref: Reference, policy, batch, lr=1e-2) -> str:
     "Take one SGD step on `policy` and check `ref`'s log-probs did not move and carry no gradient."
     before = ref.logps(policy, batch).detach().clone()
-    if before.requires_grad: return "reference log-probs require grad: compute them under torch.no_grad()"
+    if before.requires_grad:
+        return "reference log-probs require grad: compute them under torch.no_grad()"
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
     lp = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum
-    (-lp.mean()).backward(); opt.step(); opt.zero_grad()
+    (-lp.mean()).backward()
+    opt.step()
+    opt.zero_grad()
     after = ref.logps(policy, batch)
-    return "correct" if torch.allclose(before, after, atol=1e-6) else "the reference moved when the policy was trained"
+    return (
+        "correct"
+        if torch.allclose(before, after, atol=1e-6)
+        else "the reference moved when the policy was trained"
+    )

@@ -18,8 +18,10 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None):
     "Per-example Bradley–Terry loss −logσ(r_w − r_l [− margin]) (B,) from scalar rewards (B,)."
     check_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards, margin=margin)
     diff = chosen_rewards - rejected_rewards
-    if margin is not None: diff = diff - margin                  # Llama-2 style margin, as in TRL's RewardTrainer
+    if margin is not None:
+        diff = diff - margin  # Llama-2 style margin, as in TRL's RewardTrainer
     return -F.logsigmoid(diff)
+
 
 def pairwise_accuracy(chosen_rewards, rejected_rewards) -> float:
     "Fraction of pairs ranked correctly, r_w > r_l (ties count as wrong)."
@@ -29,23 +31,31 @@ def pairwise_accuracy(chosen_rewards, rejected_rewards) -> float:
 # %% ../../nbs/21_reward.ipynb #9d7cbd8a
 def load_reward_model(name_or_path, tokenizer, dtype=None):
     "A causal-LM backbone with a fresh 1-output linear head read at the last non-pad token."
-    if tokenizer.pad_token_id is None: raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token first")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token first")
     kw = {} if dtype is None else {"dtype": dtype}
     m = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **kw)
     m.config.pad_token_id = tokenizer.pad_token_id
     return m
 
+
 def reward_scores(model, input_ids, attention_mask):
     "Scalar rewards (B,) for right-padded sequences input_ids, attention_mask (B,T)."
     return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+
 
 def reward_pair_loss(model, batch):
     "Mean Bradley–Terry loss and metrics on a `collate_preference` batch (2B rows, chosen first)."
     r = reward_scores(model, batch["input_ids"], batch["attention_mask"])
     rw, rl = r.chunk(2)
     loss = bradley_terry_loss(rw, rl).mean()
-    return loss, {"loss": loss.item(), "accuracy": pairwise_accuracy(rw, rl), "rewards/chosen": rw.mean().item(),
-                  "rewards/rejected": rl.mean().item(), "rewards/margins": (rw - rl).mean().item()}
+    return loss, {
+        "loss": loss.item(),
+        "accuracy": pairwise_accuracy(rw, rl),
+        "rewards/chosen": rw.mean().item(),
+        "rewards/rejected": rl.mean().item(),
+        "rewards/margins": (rw - rl).mean().item(),
+    }
 
 # %% ../../nbs/21_reward.ipynb #8e154877
 def check_bradley_terry_loss(fn) -> str:
@@ -53,5 +63,10 @@ def check_bradley_terry_loss(fn) -> str:
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(16, generator=g) * 3, torch.randn(16, generator=g) * 3
     want, got = bradley_terry_loss(a, b), fn(a, b)
-    if got.shape != want.shape: return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)} (one loss per pair)"
-    return "correct" if torch.allclose(got, want, atol=1e-5) else f"wrong values: max error {(got - want).abs().max():.3g}"
+    if got.shape != want.shape:
+        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)} (one loss per pair)"
+    return (
+        "correct"
+        if torch.allclose(got, want, atol=1e-5)
+        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    )

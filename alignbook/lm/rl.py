@@ -9,12 +9,29 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from ..config import register_objective, register_evaluator, register_benchmark, get_config
-from ..models import load_policy, load_tokenizer, load_causal_lm, count_params, default_device, TOY_BASE
+from alignbook.models import (
+    load_policy,
+    load_tokenizer,
+    load_causal_lm,
+    count_params,
+    default_device,
+    TOY_BASE,
+)
 from ..train import Trainer, set_seed
 from . import gpoints
 from .logps import completion_logps
-from .pg import (grpo_advantages, rloo_advantages, grpo_loss, reinforce_loss, gae, value_loss,
-                             terminal_rewards, masked_mean, ValueHead, k3_kl)
+from alignbook.lm.pg import (
+    grpo_advantages,
+    rloo_advantages,
+    grpo_loss,
+    reinforce_loss,
+    gae,
+    value_loss,
+    terminal_rewards,
+    masked_mean,
+    ValueHead,
+    k3_kl,
+)
 from .rollout import play_gpoints, pack_batch, completion_token_logps, evaluate_policy
 
 # %% auto #0
@@ -22,20 +39,69 @@ __all__ = ['RL_COMMON_TOY', 'RL_COMMON_GPU', 'ALGOS', 'episode_rows', 'episode_a
            'rl_evaluate', 'train_rl', 'eval_gpoints', 'bench_grpo', 'check_terminal_rewards']
 
 # %% ../../nbs/31_rl.ipynb #dad91fba
-RL_COMMON_TOY = dict(model=TOY_BASE, lr=2e-4, max_steps=30, batch_size=64, warmup_steps=0, scheduler="constant",
-                     max_grad_norm=1.0, log_every=1, eval_every=10, eval_size=64, save_every=0,
-                     hands_per_step=8, group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=64, max_attempts=1,
-                     history="last", style="toy", train_rule="id", eval_attempts=None, eval_rules="id,ood",
-                     num_iterations=1, eps_low=0.2, eps_high=0.2, beta=0.0, loss_type="dapo", scale_rewards="group",
-                     gamma=1.0, lam=0.95, vf_coef=0.1, value_clip=0.2, gen_batch_size=128)
-RL_COMMON_GPU = dict(model="Qwen/Qwen2.5-1.5B-Instruct", lora=True, lora_r=64, lora_alpha=128, lr=1e-5, max_steps=200,
-                     batch_size=8, hands_per_step=8, group_size=8, max_new_tokens=256, history="full", style="paper",
-                     eval_every=50, eval_size=234, mixed_precision="bf16", gradient_checkpointing=True,
-                     warmup_steps=5, scheduler="constant", save_every=50, gen_batch_size=64)
+RL_COMMON_TOY = dict(
+    model=TOY_BASE,
+    lr=2e-4,
+    max_steps=30,
+    batch_size=64,
+    warmup_steps=0,
+    scheduler="constant",
+    max_grad_norm=1.0,
+    log_every=1,
+    eval_every=10,
+    eval_size=64,
+    save_every=0,
+    hands_per_step=8,
+    group_size=8,
+    temperature=1.0,
+    top_p=1.0,
+    max_new_tokens=64,
+    max_attempts=1,
+    history="last",
+    style="toy",
+    train_rule="id",
+    eval_attempts=None,
+    eval_rules="id,ood",
+    num_iterations=1,
+    eps_low=0.2,
+    eps_high=0.2,
+    beta=0.0,
+    loss_type="dapo",
+    scale_rewards="group",
+    gamma=1.0,
+    lam=0.95,
+    vf_coef=0.1,
+    value_clip=0.2,
+    gen_batch_size=128,
+)
+RL_COMMON_GPU = dict(
+    model="Qwen/Qwen2.5-1.5B-Instruct",
+    lora=True,
+    lora_r=64,
+    lora_alpha=128,
+    lr=1e-5,
+    max_steps=200,
+    batch_size=8,
+    hands_per_step=8,
+    group_size=8,
+    max_new_tokens=256,
+    history="full",
+    style="paper",
+    eval_every=50,
+    eval_size=234,
+    mixed_precision="bf16",
+    gradient_checkpointing=True,
+    warmup_steps=5,
+    scheduler="constant",
+    save_every=50,
+    gen_batch_size=64,
+)
 ALGOS = {
     "grpo": (dict(), dict()),
-    "ppo": (dict(num_iterations=2, eps_low=0.2, eps_high=0.2, loss_type="bnpo", gamma=1.0, lam=0.95),
-            dict(num_iterations=4, eps_low=0.1, eps_high=0.1, temperature=0.2, lr=1e-6)),   # the paper's PPO
+    "ppo": (
+        dict(num_iterations=2, eps_low=0.2, eps_high=0.2, loss_type="bnpo", gamma=1.0, lam=0.95),
+        dict(num_iterations=4, eps_low=0.1, eps_high=0.1, temperature=0.2, lr=1e-6),
+    ),  # the paper's PPO
     "reinforce": (dict(num_iterations=1), dict()),
 }
 
@@ -47,22 +113,33 @@ def episode_rows(episodes) -> list[dict]:
         for t_i, t in enumerate(e.turns):
             last = t_i == len(e.turns) - 1
             r = t["reward"] + (gpoints.OUT_OF_ATTEMPTS_REWARD if last and not e.success else 0.0)
-            rows.append(dict(prompt_ids=t["prompt_ids"], completion_ids=t["completion_ids"], episode=e_i, reward=r))
+            rows.append(
+                dict(prompt_ids=t["prompt_ids"], completion_ids=t["completion_ids"], episode=e_i, reward=r)
+            )
     return rows
 
-def episode_advantages(returns: torch.Tensor, group_size: int, algo: str, scale: str = "group") -> torch.Tensor:
+
+def episode_advantages(
+    returns: torch.Tensor, group_size: int, algo: str, scale: str = "group"
+) -> torch.Tensor:
     "Per-episode advantages (E,) for 'grpo' (group-normalised) or 'reinforce' (leave-one-out); 'ppo' uses GAE instead."
-    if algo == "grpo": return grpo_advantages(returns, group_size, scale)
-    if algo == "reinforce": return rloo_advantages(returns, group_size)
-    raise ValueError(f"episode advantages are defined for 'grpo' and 'reinforce', not {algo!r} (PPO uses GAE per token)")
+    if algo == "grpo":
+        return grpo_advantages(returns, group_size, scale)
+    if algo == "reinforce":
+        return rloo_advantages(returns, group_size)
+    raise ValueError(
+        f"episode advantages are defined for 'grpo' and 'reinforce', not {algo!r} (PPO uses GAE per token)"
+    )
 
 # %% ../../nbs/31_rl.ipynb #e67cb1bf
 class PolicyWithValue(nn.Module):
     "A causal LM plus a `ValueHead` on its last hidden state; `forward` returns (per-token logps, mask, values), each (B, T-1)."
+
     def __init__(self, policy):
         super().__init__()
         self.policy = policy
         self.value_head = ValueHead(policy.config.hidden_size)
+
     def forward(self, input_ids, attention_mask, completion_mask):
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         lp, mask = completion_logps(out.logits, input_ids, completion_mask)
@@ -74,36 +151,61 @@ def estimate_flops(n_params: int, train_tokens: int = 0, forward_tokens: int = 0
     return 6.0 * n_params * train_tokens + 2.0 * n_params * forward_tokens
 
 # %% ../../nbs/31_rl.ipynb #af8989b8
-def _chunks(xs, n): return [xs[i:i + n] for i in range(0, len(xs), n)]
+def _chunks(xs, n):
+    return [xs[i : i + n] for i in range(0, len(xs), n)]
+
 
 def _parse_rules(s) -> list[str]:
     rules = [r.strip() for r in (s.split(",") if isinstance(s, str) else s) if r.strip()]
     bad = [r for r in rules if r not in ("id", "ood")]
-    if bad: raise ValueError(f"eval_rules must be a comma list of 'id' and 'ood', got {s!r}")
+    if bad:
+        raise ValueError(f"eval_rules must be a comma list of 'id' and 'ood', got {s!r}")
     return rules
+
 
 def rl_evaluate(model, tokenizer, cfg, n: int | None = None) -> dict:
     "Greedy success on `cfg.eval_rules` with the eval attempt budget: {'eval/id_success': …, 'eval/ood_success': …}."
     out = {}
     att = cfg.eval_attempts or cfg.max_attempts
     for rule in _parse_rules(cfg.eval_rules):
-        r = evaluate_policy(model, tokenizer, rule, n or cfg.eval_size, seed=cfg.seed, max_attempts=att, style=cfg.style,
-                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, history=cfg.history)
-        out[f"eval/{rule}_success"] = r["success_rate"]; out[f"eval/{rule}_first_try"] = r["first_try_success_rate"]
+        r = evaluate_policy(
+            model,
+            tokenizer,
+            rule,
+            n or cfg.eval_size,
+            seed=cfg.seed,
+            max_attempts=att,
+            style=cfg.style,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.gen_batch_size,
+            history=cfg.history,
+        )
+        out[f"eval/{rule}_success"] = r["success_rate"]
+        out[f"eval/{rule}_first_try"] = r["first_try_success_rate"]
     return out
+
 
 def _training_hand(rng, rule):
     "A training hand that is not one of the book's evaluation hands (as SFT and preference data guarantee too)."
     while True:
         h = gpoints.sample_hand(rng, rule)
-        if not gpoints.is_held_out(h): return h
+        if not gpoints.is_held_out(h):
+            return h
+
 
 def _check_cfg(cfg, algo):
-    if algo not in ALGOS: raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
-    if cfg.group_size < 2 and algo != "ppo": raise ValueError(f"group_size must be >= 2 for {algo} (the group is the baseline), got {cfg.group_size}")
-    if cfg.train_rule not in ("id", "ood"): raise ValueError(f"train_rule must be 'id' or 'ood', got {cfg.train_rule!r}")
-    if cfg.num_iterations < 1: raise ValueError(f"num_iterations must be >= 1, got {cfg.num_iterations}")
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
+    if cfg.group_size < 2 and algo != "ppo":
+        raise ValueError(
+            f"group_size must be >= 2 for {algo} (the group is the baseline), got {cfg.group_size}"
+        )
+    if cfg.train_rule not in ("id", "ood"):
+        raise ValueError(f"train_rule must be 'id' or 'ood', got {cfg.train_rule!r}")
+    if cfg.num_iterations < 1:
+        raise ValueError(f"num_iterations must be >= 1, got {cfg.num_iterations}")
     _parse_rules(cfg.eval_rules)
+
 
 def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start: bool = True) -> dict:
     "Train `cfg.model` with `algo` ∈ grpo|ppo|reinforce on GeneralPoints; returns a summary (final eval, FLOPs, history)."
@@ -116,17 +218,21 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
     model = PolicyWithValue(policy) if algo == "ppo" else policy
     ref = None
     if cfg.beta > 0:
-        if cfg.ref_model is not None: ref = load_causal_lm(cfg.ref_model).requires_grad_(False)
-        elif not cfg.lora: ref = copy.deepcopy(policy).requires_grad_(False).eval()
+        if cfg.ref_model is not None:
+            ref = load_causal_lm(cfg.ref_model).requires_grad_(False)
+        elif not cfg.lora:
+            ref = copy.deepcopy(policy).requires_grad_(False).eval()
     K = cfg.num_iterations
     tr = Trainer(model, cfg.replace(max_steps=cfg.max_steps * K), out_dir=cfg.out_dir)
     tr.resume()
     tr.state.setdefault("flops", 0.0)
     dev = tr.device
-    if ref is not None: ref.to(dev)
+    if ref is not None:
+        ref.to(dev)
     pol = tr.unwrapped.policy if algo == "ppo" else tr.unwrapped
     rule = gpoints.ID_RULE if cfg.train_rule == "id" else gpoints.OOD_RULE
     from tqdm.auto import tqdm
+
     bar = tqdm(total=cfg.max_steps, initial=tr.step // K, desc=algo, disable=not progress)
     history = []
     if tr.step == 0 and cfg.eval_every and eval_at_start:
@@ -136,16 +242,31 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         t0 = time.perf_counter()
         rng = random.Random(f"alignbook-rl-{cfg.seed}-{rnd}")
         hands = [_training_hand(rng, rule) for _ in range(cfg.hands_per_step)]
-        eps, summ = play_gpoints(pol, tok, hands, cfg.group_size, cfg.max_attempts, cfg.style, cfg.temperature, cfg.top_p,
-                                 cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + rnd, batch_size=cfg.gen_batch_size, history=cfg.history)
+        eps, summ = play_gpoints(
+            pol,
+            tok,
+            hands,
+            cfg.group_size,
+            cfg.max_attempts,
+            cfg.style,
+            cfg.temperature,
+            cfg.top_p,
+            cfg.max_new_tokens,
+            seed=cfg.seed * 1_000_003 + rnd,
+            batch_size=cfg.gen_batch_size,
+            history=cfg.history,
+        )
         t_gen = time.perf_counter() - t0
         rows = episode_rows(eps)
         returns = torch.tensor([e.ret for e in eps])
         if algo != "ppo":
             ep_adv = episode_advantages(returns, cfg.group_size, algo, cfg.scale_rewards)
-            for r in rows: r["adv"] = float(ep_adv[r["episode"]])
-        chunks = [pack_batch([r["prompt_ids"] for r in c], [r["completion_ids"] for r in c], tok.pad_token_id, dev)
-                  for c in _chunks(rows, cfg.batch_size)]
+            for r in rows:
+                r["adv"] = float(ep_adv[r["episode"]])
+        chunks = [
+            pack_batch([r["prompt_ids"] for r in c], [r["completion_ids"] for r in c], tok.pad_token_id, dev)
+            for c in _chunks(rows, cfg.batch_size)
+        ]
         row_chunks = _chunks(rows, cfg.batch_size)
         n_tok = sum(len(r["completion_ids"]) for r in rows)
         n_all = sum(len(r["prompt_ids"]) + len(r["completion_ids"]) for r in rows)
@@ -161,17 +282,20 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
                     p["adv"], p["ret"] = gae(R, v, mask.float(), cfg.gamma, cfg.lam)
                     extra_fwd += int(b["attention_mask"].sum())
                 elif K > 1:
-                    p["old"] = completion_token_logps(tr.model, b)[0]; extra_fwd += int(b["attention_mask"].sum())
+                    p["old"] = completion_token_logps(tr.model, b)[0]
+                    extra_fwd += int(b["attention_mask"].sum())
                 if cfg.beta > 0:
-                    if ref is not None: p["ref"] = completion_token_logps(ref, b)[0]
+                    if ref is not None:
+                        p["ref"] = completion_token_logps(ref, b)[0]
                     else:
-                        with pol.disable_adapter():   # LoRA: the base weights are the reference
+                        with pol.disable_adapter():  # LoRA: the base weights are the reference
                             p["ref"] = completion_token_logps(pol, b)[0]
                     extra_fwd += int(b["attention_mask"].sum())
-        if algo == "ppo":   # whiten the per-token advantages over the whole batch
+        if algo == "ppo":  # whiten the per-token advantages over the whole batch
             allA = torch.cat([p["adv"][b["completion_mask"][:, 1:].bool()] for p, b in zip(pre, chunks)])
             mu, sd = allA.mean(), allA.std() if allA.numel() > 1 else torch.tensor(1.0)
-            for p in pre: p["adv"] = (p["adv"] - mu) / (sd + 1e-8)
+            for p in pre:
+                p["adv"] = (p["adv"] - mu) / (sd + 1e-8)
         # ---- K optimiser steps on this batch
         t1 = time.perf_counter()
         stats = dict(loss=0.0, clip_frac=0.0, kl=0.0, value_loss=0.0)
@@ -183,15 +307,28 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
                     lp, mask, v = tr.model(b["input_ids"], b["attention_mask"], b["completion_mask"])
                     A = p["adv"]
                 else:
-                    lp, mask = completion_token_logps(tr.model, b); A = adv
+                    lp, mask = completion_token_logps(tr.model, b)
+                    A = adv
                 m = mask.float()
                 old = p.get("old")
                 if algo == "reinforce":
                     loss = reinforce_loss(lp.sum(1), adv).sum() / len(rows)
                 else:
-                    loss = grpo_loss(lp, old, A, m, cfg.eps_low, cfg.eps_high, cfg.beta, p.get("ref"), cfg.loss_type,
-                                     cfg.max_new_tokens, num_items_in_batch=n_tok)
-                    if cfg.loss_type != "dapo": loss = loss / len(chunks)
+                    loss = grpo_loss(
+                        lp,
+                        old,
+                        A,
+                        m,
+                        cfg.eps_low,
+                        cfg.eps_high,
+                        cfg.beta,
+                        p.get("ref"),
+                        cfg.loss_type,
+                        cfg.max_new_tokens,
+                        num_items_in_batch=n_tok,
+                    )
+                    if cfg.loss_type != "dapo":
+                        loss = loss / len(chunks)
                 if algo == "ppo":
                     vl = value_loss(v, p["old_v"], p["ret"], m, cfg.value_clip).sum() / len(rows)
                     stats["value_loss"] += float(vl.detach()) / K
@@ -202,59 +339,105 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
                     ratio = torch.exp(lp.detach() - old)
                     clipped = ((ratio < 1 - cfg.eps_low) | (ratio > 1 + cfg.eps_high)).float()
                     stats["clip_frac"] += float((clipped * m).sum()) / n_tok / K
-                if p.get("ref") is not None: stats["kl"] += float((k3_kl(lp.detach(), p["ref"]) * m).sum()) / n_tok / K
+                if p.get("ref") is not None:
+                    stats["kl"] += float((k3_kl(lp.detach(), p["ref"]) * m).sum()) / n_tok / K
             gn = tr.optimizer_step()
         t_upd = time.perf_counter() - t1
         tr.state["flops"] += estimate_flops(n_params, K * n_all, n_all + extra_fwd)
         ep_ret = returns.view(-1, cfg.group_size)
-        row = {"round": rnd + 1, "flops": tr.state["flops"], "reward": float(returns.mean()),
-               "success": summ["success_rate"], "first_try": summ["first_try_success_rate"],
-               "frac_zero_std": float((ep_ret.std(1) == 0).float().mean()) if cfg.group_size > 1 else 0.0,
-               "completion_len": n_tok / len(rows), "grad_norm": gn, "time/gen_s": t_gen, "time/update_s": t_upd,
-               "time/gen_share": t_gen / (t_gen + t_upd), **stats}
+        row = {
+            "round": rnd + 1,
+            "flops": tr.state["flops"],
+            "reward": float(returns.mean()),
+            "success": summ["success_rate"],
+            "first_try": summ["first_try_success_rate"],
+            "frac_zero_std": float((ep_ret.std(1) == 0).float().mean()) if cfg.group_size > 1 else 0.0,
+            "completion_len": n_tok / len(rows),
+            "grad_norm": gn,
+            "time/gen_s": t_gen,
+            "time/update_s": t_upd,
+            "time/gen_share": t_gen / (t_gen + t_upd),
+            **stats,
+        }
         if cfg.eval_every and (rnd + 1) % cfg.eval_every == 0 or rnd + 1 == cfg.max_steps:
             row.update(rl_evaluate(pol, tok, cfg))
         history.append(tr.log(row))
-        bar.update(1); bar.set_postfix(reward=f"{row['reward']:.2f}", success=f"{row['success']:.2f}")
-        if cfg.save_every and (rnd + 1) % cfg.save_every == 0: tr.save_checkpoint()
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward']:.2f}", success=f"{row['success']:.2f}")
+        if cfg.save_every and (rnd + 1) % cfg.save_every == 0:
+            tr.save_checkpoint()
     bar.close()
     if cfg.out_dir:
-        if cfg.save_every and (tr.step // K) % cfg.save_every: tr.save_checkpoint()
+        if cfg.save_every and (tr.step // K) % cfg.save_every:
+            tr.save_checkpoint()
         pm = pol
-        if hasattr(pm, "merge_and_unload"): pm = copy.deepcopy(pm).merge_and_unload()
-        pm.save_pretrained(Path(cfg.out_dir) / "final", safe_serialization=True); tok.save_pretrained(Path(cfg.out_dir) / "final")
+        if hasattr(pm, "merge_and_unload"):
+            pm = copy.deepcopy(pm).merge_and_unload()
+        pm.save_pretrained(Path(cfg.out_dir) / "final", safe_serialization=True)
+        tok.save_pretrained(Path(cfg.out_dir) / "final")
     last = history[-1] if history else {}
-    return dict(algo=algo, rounds=tr.step // K, flops=tr.state["flops"], n_params=n_params,
-                **{k: v for k, v in last.items() if k.startswith("eval/")}, history=history, model=pol, tokenizer=tok)
+    return dict(
+        algo=algo,
+        rounds=tr.step // K,
+        flops=tr.state["flops"],
+        n_params=n_params,
+        **{k: v for k, v in last.items() if k.startswith("eval/")},
+        history=history,
+        model=pol,
+        tokenizer=tok,
+    )
 
 # %% ../../nbs/31_rl.ipynb #cb92abe9
 def _train_fn(algo):
     def fn(cfg):
         out = train_rl(cfg, algo)
-        out.pop("model"); out.pop("tokenizer")
+        out.pop("model")
+        out.pop("tokenizer")
         return out
+
     fn.__name__ = f"train_{algo}"
     return fn
 
-_HELP = {"grpo": "GRPO on GeneralPoints (group-normalised returns, clipped ratio, TRL's loss aggregations)",
-         "ppo": "PPO on GeneralPoints (value head on the policy, GAE, clipped policy and value losses)",
-         "reinforce": "REINFORCE with the leave-one-out (RLOO) baseline on GeneralPoints"}
+
+_HELP = {
+    "grpo": "GRPO on GeneralPoints (group-normalised returns, clipped ratio, TRL's loss aggregations)",
+    "ppo": "PPO on GeneralPoints (value head on the policy, GAE, clipped policy and value losses)",
+    "reinforce": "REINFORCE with the leave-one-out (RLOO) baseline on GeneralPoints",
+}
 for _a, (_toy, _gpu) in ALGOS.items():
-    register_objective(_a, _train_fn(_a), toy={**RL_COMMON_TOY, **_toy}, gpu={**RL_COMMON_TOY, **_toy, **RL_COMMON_GPU, **_gpu},
-                       help=_HELP[_a])
+    register_objective(
+        _a,
+        _train_fn(_a),
+        toy={**RL_COMMON_TOY, **_toy},
+        gpu={**RL_COMMON_TOY, **_toy, **RL_COMMON_GPU, **_gpu},
+        help=_HELP[_a],
+    )
 
 # %% ../../nbs/31_rl.ipynb #571c59b1
 def eval_gpoints(argv: list[str]) -> dict:
     "`alignbook eval gpoints --rule id|ood [--model M] [--n 234] [--seed 0] [--attempts 1] [--style toy|paper] [--temperature 0]`."
     import argparse
-    ap = argparse.ArgumentParser(prog="alignbook eval gpoints", description="Success rate on seeded GeneralPoints hands.")
+
+    ap = argparse.ArgumentParser(
+        prog="alignbook eval gpoints", description="Success rate on seeded GeneralPoints hands."
+    )
     ap.add_argument("--rule", choices=["id", "ood"], default="id")
-    ap.add_argument("--model", default=TOY_BASE, help="toy-base, a directory written by save_pretrained, or a Hub id")
-    ap.add_argument("--n", type=int, default=234); ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--attempts", type=int, default=1); ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--style", choices=["toy", "paper"], default=None, help="prompt style (default: toy for the toy base, else paper)")
+    ap.add_argument(
+        "--model", default=TOY_BASE, help="toy-base, a directory written by save_pretrained, or a Hub id"
+    )
+    ap.add_argument("--n", type=int, default=234)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attempts", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument(
+        "--style",
+        choices=["toy", "paper"],
+        default=None,
+        help="prompt style (default: toy for the toy base, else paper)",
+    )
     ap.add_argument("--history", choices=["full", "last"], default=None)
-    ap.add_argument("--max-new-tokens", type=int, default=None); ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=64)
     a = ap.parse_args(argv)
     toyish = a.model == TOY_BASE or (Path(a.model).is_dir() and load_tokenizer(a.model).vocab_size < 200)
     style = a.style or ("toy" if toyish else "paper")
@@ -262,8 +445,22 @@ def eval_gpoints(argv: list[str]) -> dict:
     mnt = a.max_new_tokens or (64 if style == "toy" else 256)
     tok = load_tokenizer(a.model)
     model = load_causal_lm(a.model, device=default_device())
-    r = evaluate_policy(model, tok, a.rule, a.n, a.seed, a.attempts, style, a.temperature, 1.0, mnt, batch_size=a.batch_size, history=history)
+    r = evaluate_policy(
+        model,
+        tok,
+        a.rule,
+        a.n,
+        a.seed,
+        a.attempts,
+        style,
+        a.temperature,
+        1.0,
+        mnt,
+        batch_size=a.batch_size,
+        history=history,
+    )
     return dict(model_name=a.model, style=style, conversation_history=history, **{k: v for k, v in r.items()})
+
 
 register_evaluator("gpoints", eval_gpoints)
 
@@ -272,14 +469,28 @@ def _bench_side(side: str, spec: dict) -> dict:
     "Run `spec['steps']` GRPO steps with alignbook ('ours') or TRL ('trl'); time/step, generation share, peak memory."
     import statistics, tempfile
     from alignbook.bench import PeakMemory
-    torch.manual_seed(0); torch.set_num_threads(spec.get("threads", 1))
+
+    torch.manual_seed(0)
+    torch.set_num_threads(spec.get("threads", 1))
     cuda = torch.cuda.is_available()
-    from trl import GRPOConfig, GRPOTrainer     # both sides import the same libraries before the baseline
+    from trl import GRPOConfig, GRPOTrainer  # both sides import the same libraries before the baseline
+
     mem = PeakMemory(cuda).start()
     P, G, L, steps = spec["prompts"], spec["group_size"], spec["completion_len"], spec["steps"]
     if side == "ours":
-        cfg = get_config("grpo", model=spec["model"], max_steps=steps + 1, eval_every=0, hands_per_step=P, group_size=G,
-                         max_new_tokens=L, batch_size=P * G, gen_batch_size=P * G, lr=1e-5, log_every=1)
+        cfg = get_config(
+            "grpo",
+            model=spec["model"],
+            max_steps=steps + 1,
+            eval_every=0,
+            hands_per_step=P,
+            group_size=G,
+            max_new_tokens=L,
+            batch_size=P * G,
+            gen_batch_size=P * G,
+            lr=1e-5,
+            log_every=1,
+        )
         out = train_rl(cfg, progress=False)
         rows = [r for r in out["history"] if "time/gen_s" in r][1:]
         step_s = [r["time/gen_s"] + r["time/update_s"] for r in rows]
@@ -288,68 +499,142 @@ def _bench_side(side: str, spec: dict) -> dict:
     elif side == "trl":
         from datasets import Dataset
         from transformers import TrainerCallback
+
         rng = random.Random("alignbook-bench-grpo")
         hands = [gpoints.sample_hand(rng, gpoints.ID_RULE) for _ in range(P * (steps + 1))]
         by_prompt = {gpoints.toy_prompt(h): h for h in hands}
-        ds = Dataset.from_list([{"prompt": [{"role": "user", "content": gpoints.toy_prompt(h)}]} for h in hands])
+        ds = Dataset.from_list(
+            [{"prompt": [{"role": "user", "content": gpoints.toy_prompt(h)}]} for h in hands]
+        )
+
         def reward(prompts, completions, **kw):
-            return [gpoints.score_response(c[0]["content"] if isinstance(c, list) else c, by_prompt[p[-1]["content"] if isinstance(p, list) else p]).reward
-                    for p, c in zip(prompts, completions)]
+            return [
+                gpoints.score_response(
+                    c[0]["content"] if isinstance(c, list) else c,
+                    by_prompt[p[-1]["content"] if isinstance(p, list) else p],
+                ).reward
+                for p, c in zip(prompts, completions)
+            ]
+
         tmp = tempfile.mkdtemp()
-        args = GRPOConfig(output_dir=tmp, per_device_train_batch_size=P * G, num_generations=G, max_completion_length=L,
-                          max_steps=steps + 1, learning_rate=1e-5, beta=0.0, loss_type="dapo", temperature=1.0, top_k=0,
-                          logging_steps=1, report_to=[], save_strategy="no", use_cpu=not cuda, bf16=False,
-                          seed=0, dataloader_num_workers=0, disable_tqdm=True, shuffle_dataset=False,
-                          gradient_checkpointing=spec["gradient_checkpointing"])
+        args = GRPOConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=P * G,
+            num_generations=G,
+            max_completion_length=L,
+            max_steps=steps + 1,
+            learning_rate=1e-5,
+            beta=0.0,
+            loss_type="dapo",
+            temperature=1.0,
+            top_k=0,
+            logging_steps=1,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=not cuda,
+            bf16=False,
+            seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            shuffle_dataset=False,
+            gradient_checkpointing=spec["gradient_checkpointing"],
+        )
         tok = load_tokenizer(spec["model"])
-        tr = GRPOTrainer(model=spec["model"], reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok)
+        tr = GRPOTrainer(
+            model=spec["model"], reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok
+        )
         times, gens, lens = [], [], []
         orig = tr._generate_and_score_completions
+
         def timed(*a, **k):
-            t = time.perf_counter(); out = orig(*a, **k); gens.append(time.perf_counter() - t)
-            lens.append(float(out["completion_mask"].sum(1).float().mean())); return out
+            t = time.perf_counter()
+            out = orig(*a, **k)
+            gens.append(time.perf_counter() - t)
+            lens.append(float(out["completion_mask"].sum(1).float().mean()))
+            return out
+
         tr._generate_and_score_completions = timed
+
         class CB(TrainerCallback):
-            def on_step_begin(self, *a, **k): self.t = time.perf_counter()
-            def on_step_end(self, *a, **k): times.append(time.perf_counter() - self.t)
+            def on_step_begin(self, *a, **k):
+                self.t = time.perf_counter()
+
+            def on_step_end(self, *a, **k):
+                times.append(time.perf_counter() - self.t)
+
         tr.add_callback(CB())
         tr.train()
         step_s, gen_s, comp_len = times[1:], gens[1:], statistics.mean(lens[1:])
-    else: raise ValueError(f"side must be 'ours' or 'trl', got {side!r}")
-    return dict(time_per_step_s=statistics.median(step_s), gen_share=sum(gen_s) / sum(step_s), peak_mem_mb=mem.peak_mb(),
-                mean_completion_len=comp_len, steps_measured=len(step_s), memory=mem.how + " from after imports (model, optimiser, activations)")
+    else:
+        raise ValueError(f"side must be 'ours' or 'trl', got {side!r}")
+    return dict(
+        time_per_step_s=statistics.median(step_s),
+        gen_share=sum(gen_s) / sum(step_s),
+        peak_mem_mb=mem.peak_mb(),
+        mean_completion_len=comp_len,
+        steps_measured=len(step_s),
+        memory=mem.how + " from after imports (model, optimiser, activations)",
+    )
+
 
 def bench_grpo(argv: list[str]) -> dict:
     "`alignbook bench grpo [--prompts 8] [--group-size 8] [--completion-len 32] [--steps 3]`: ours vs TRL, JSON with ratios."
     import argparse, tempfile
     from alignbook.bench import spawn_arm
+
     ap = argparse.ArgumentParser(prog="alignbook bench grpo")
-    ap.add_argument("--prompts", type=int, default=8); ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--completion-len", type=int, default=32); ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--completion-len", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     from alignbook.models import toy_model, toy_tokenizer
+
     d = tempfile.mkdtemp()
-    tok = toy_tokenizer(); toy_model(tok, seed=0).save_pretrained(d); tok.save_pretrained(d)
+    tok = toy_tokenizer()
+    toy_model(tok, seed=0).save_pretrained(d)
+    tok.save_pretrained(d)
     # TRL defaults to gradient checkpointing; alignbook turns it on only on CUDA (`load_policy`). Compare like with like.
     gc = bool(get_config("grpo").gradient_checkpointing) and torch.cuda.is_available()
-    spec = dict(model=d, prompts=a.prompts, group_size=a.group_size, completion_len=a.completion_len, steps=a.steps, threads=a.threads,
-                gradient_checkpointing=gc)
+    spec = dict(
+        model=d,
+        prompts=a.prompts,
+        group_size=a.group_size,
+        completion_len=a.completion_len,
+        steps=a.steps,
+        threads=a.threads,
+        gradient_checkpointing=gc,
+    )
     res = {side: spawn_arm("alignbook.lm.rl", "_bench_side", side, spec) for side in ("trl", "ours")}
     o, t = res["ours"], res["trl"]
-    return dict(benchmark="grpo", setup=dict(model="toy Llama " + str(count_params(toy_model(tok, seed=0))) + " params", **{k: v for k, v in spec.items() if k != "model"},
-                                              loss_type="dapo", beta=0.0, device="cuda" if torch.cuda.is_available() else "cpu"),
-                alignbook=o, trl=t, ratio_time_per_step=o["time_per_step_s"] / t["time_per_step_s"],
-                ratio_peak_mem=o["peak_mem_mb"] / t["peak_mem_mb"], goal="ratios <= 1.0")
+    return dict(
+        benchmark="grpo",
+        setup=dict(
+            model="toy Llama " + str(count_params(toy_model(tok, seed=0))) + " params",
+            **{k: v for k, v in spec.items() if k != "model"},
+            loss_type="dapo",
+            beta=0.0,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        ),
+        alignbook=o,
+        trl=t,
+        ratio_time_per_step=o["time_per_step_s"] / t["time_per_step_s"],
+        ratio_peak_mem=o["peak_mem_mb"] / t["peak_mem_mb"],
+        goal="ratios <= 1.0",
+    )
+
 
 register_benchmark("grpo", bench_grpo)
 
 # %% ../../nbs/31_rl.ipynb #41416613
 def check_terminal_rewards(fn) -> str:
     "Check a student's `fn(rewards (B,), mask (B,T)) -> (B,T)` against `terminal_rewards`."
-    m = torch.tensor([[1., 1., 1., 0.], [0., 1., 1., 1.], [1., 0., 0., 0.]])
-    r = torch.tensor([5., -2., -1.])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    r = torch.tensor([5.0, -2.0, -1.0])
     got, want = fn(r, m), terminal_rewards(r, m)
     if not torch.equal(torch.as_tensor(got).float(), want):
-        raise AssertionError(f"got {torch.as_tensor(got).tolist()}, expected {want.tolist()} (last *active* token, prompts may be masked on the left)")
+        raise AssertionError(
+            f"got {torch.as_tensor(got).tolist()}, expected {want.tolist()} (last *active* token, prompts may be masked on the left)"
+        )
     return "correct"

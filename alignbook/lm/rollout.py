@@ -21,10 +21,14 @@ def render_prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
     "Token ids of each prompt: conversations via the chat template (with the generation prompt), strings as they are."
     out = []
     for i, p in enumerate(prompts):
-        if isinstance(p, str): text = p
+        if isinstance(p, str):
+            text = p
         elif isinstance(p, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in p):
             text = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-        else: raise ValueError(f"prompt {i} must be a string or a list of {{'role', 'content'}} messages, got {type(p).__name__}")
+        else:
+            raise ValueError(
+                f"prompt {i} must be a string or a list of {{'role', 'content'}} messages, got {type(p).__name__}"
+            )
         out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return out
 
@@ -32,51 +36,95 @@ def render_prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
 @dataclass
 class Samples:
     "Sampled completions: prompt ids, completion ids (EOS included when produced), decoded text, truncation flags."
+
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     texts: list[str]
     truncated: list[bool]
 
-    def __len__(self): return len(self.texts)
+    def __len__(self):
+        return len(self.texts)
+
 
 @torch.no_grad()
-def sample_completions(model, tokenizer, prompts: Sequence, n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
-                       top_p: float = 1.0, seed: int | None = None, batch_size: int = 64) -> Samples:
+def sample_completions(
+    model,
+    tokenizer,
+    prompts: Sequence,
+    n: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 64,
+) -> Samples:
     "Sample `n` completions per prompt (prompt-major order) with HF `generate`; temperature 0 → greedy."
-    if n < 1: raise ValueError(f"n (completions per prompt) must be >= 1, got {n}")
-    if temperature < 0: raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if tokenizer.pad_token_id is None: raise ValueError("tokenizer has no pad token: set tokenizer.pad_token (e.g. to the eos token)")
+    if n < 1:
+        raise ValueError(f"n (completions per prompt) must be >= 1, got {n}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token: set tokenizer.pad_token (e.g. to the eos token)")
     eos = tokenizer.eos_token_id
     pids = [ids for ids in render_prompt_ids(tokenizer, prompts) for _ in range(n)]
-    if seed is not None: torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     dev = next(model.parameters()).device
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     comp, trunc = [], []
     for s in range(0, len(pids), batch_size):
-        chunk = pids[s:s + batch_size]
+        chunk = pids[s : s + batch_size]
         W = max(map(len, chunk))
         ids = torch.tensor([[tokenizer.pad_token_id] * (W - len(p)) + p for p in chunk], device=dev)
         att = torch.tensor([[0] * (W - len(p)) + [1] * len(p) for p in chunk], device=dev)
-        kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
-        out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos, **kw)[:, W:].tolist()
+        kw = (
+            dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            if temperature > 0
+            else dict(do_sample=False)
+        )
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=att,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+            **kw,
+        )[:, W:].tolist()
         for row in out:
-            if eos in row: comp.append(row[:row.index(eos) + 1]); trunc.append(False)
-            else: comp.append(row); trunc.append(True)
+            if eos in row:
+                comp.append(row[: row.index(eos) + 1])
+                trunc.append(False)
+            else:
+                comp.append(row)
+                trunc.append(True)
     model.train(was_training)
     texts = tokenizer.batch_decode(comp, skip_special_tokens=True)
     return Samples(pids, comp, texts, trunc)
 
 # %% ../../nbs/30_rollout.ipynb #e8fc6124
-def pack_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int, device=None) -> dict:
+def pack_batch(
+    prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int, device=None
+) -> dict:
     "Right-padded prompt+completion rows: input_ids, attention_mask, completion_mask, each (B, T)."
-    if len(prompt_ids) != len(completion_ids): raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
     empty = [i for i, c in enumerate(completion_ids) if len(c) == 0]
-    if empty: raise ValueError(f"rows {empty} have empty completions; sample at least one token (max_new_tokens >= 1)")
-    b = collate_sft([{"input_ids": list(p) + list(c), "completion_mask": [0] * len(p) + [1] * len(c)}
-                     for p, c in zip(prompt_ids, completion_ids)], pad_id)
+    if empty:
+        raise ValueError(
+            f"rows {empty} have empty completions; sample at least one token (max_new_tokens >= 1)"
+        )
+    b = collate_sft(
+        [
+            {"input_ids": list(p) + list(c), "completion_mask": [0] * len(p) + [1] * len(c)}
+            for p, c in zip(prompt_ids, completion_ids)
+        ],
+        pad_id,
+    )
     return {k: v.to(device) if device is not None else v for k, v in b.items()}
+
 
 def completion_token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-token log-probs (B, T-1) of the completion tokens of a `pack_batch` batch, and their mask (B, T-1)."
@@ -87,48 +135,100 @@ def completion_token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tens
 @dataclass
 class Episode:
     "One GeneralPoints episode: its hand, the turns (prompt ids, completion ids, text, reward, message), success and return."
+
     hand: object
     turns: list[dict] = field(default_factory=list)
     success: bool = False
     ret: float = 0.0
 
-def play_gpoints(model, tokenizer, hands: Sequence, group_size: int = 1, max_attempts: int = 1, style: str = "toy",
-                 temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64, seed: int | None = None,
-                 batch_size: int = 64, history: str = "full") -> tuple[list[Episode], dict]:
+
+def play_gpoints(
+    model,
+    tokenizer,
+    hands: Sequence,
+    group_size: int = 1,
+    max_attempts: int = 1,
+    style: str = "toy",
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int | None = None,
+    batch_size: int = 64,
+    history: str = "full",
+) -> tuple[list[Episode], dict]:
     "Play `group_size` episodes per hand (prompt-major) with up to `max_attempts` verified turns → (episodes, summary)."
-    if history not in ("full", "last"): raise ValueError(f"history must be 'full' or 'last', got {history!r}")
+    if history not in ("full", "last"):
+        raise ValueError(f"history must be 'full' or 'last', got {history!r}")
     hands = [h for h in hands for _ in range(group_size)]
     calls = []
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
+
     def respond(convs):
         sd = None if gen is None else int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        if history == "last": convs = [c[:1] + c[-2:] if len(c) > 3 else c for c in convs]
-        smp = sample_completions(model, tokenizer, convs, 1, max_new_tokens, temperature, top_p, sd, batch_size)
+        if history == "last":
+            convs = [c[:1] + c[-2:] if len(c) > 3 else c for c in convs]
+        smp = sample_completions(
+            model, tokenizer, convs, 1, max_new_tokens, temperature, top_p, sd, batch_size
+        )
         calls.append(smp)
         return smp.texts
+
     res = gpoints.evaluate(respond, hands, max_attempts=max_attempts, style=style)
     eps = [Episode(h, success=r["success"], ret=r["return"]) for h, r in zip(hands, res["records"])]
     for a, smp in enumerate(calls, start=1):
         active = [i for i, r in enumerate(res["records"]) if r["attempts"] >= a]
         for k, i in enumerate(active):
             rec = res["records"][i]
-            eps[i].turns.append(dict(prompt_ids=smp.prompt_ids[k], completion_ids=smp.completion_ids[k], text=smp.texts[k],
-                                     truncated=smp.truncated[k], reward=rec["rewards"][a - 1], message=rec["messages"][a - 1]))
+            eps[i].turns.append(
+                dict(
+                    prompt_ids=smp.prompt_ids[k],
+                    completion_ids=smp.completion_ids[k],
+                    text=smp.texts[k],
+                    truncated=smp.truncated[k],
+                    reward=rec["rewards"][a - 1],
+                    message=rec["messages"][a - 1],
+                )
+            )
     summary = {k: v for k, v in res.items() if k != "records"}
     return eps, summary
 
 # %% ../../nbs/30_rollout.ipynb #47f96247
-def evaluate_policy(model, tokenizer, rule="id", n: int = 234, seed: int = 0, max_attempts: int = 1, style: str = "toy",
-                    temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 64, n_cards: int = 4,
-                    batch_size: int = 64, history: str = "full") -> dict:
+def evaluate_policy(
+    model,
+    tokenizer,
+    rule="id",
+    n: int = 234,
+    seed: int = 0,
+    max_attempts: int = 1,
+    style: str = "toy",
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    n_cards: int = 4,
+    batch_size: int = 64,
+    history: str = "full",
+) -> dict:
     "Success rate and mean return on `n` seeded hands of `rule` ('id', 'ood' or a `gpoints.Rule`); greedy by default."
     rules = {"id": gpoints.ID_RULE, "ood": gpoints.OOD_RULE}
     if isinstance(rule, str):
-        if rule not in rules: raise ValueError(f"rule must be 'id' or 'ood' (or a gpoints.Rule), got {rule!r}")
+        if rule not in rules:
+            raise ValueError(f"rule must be 'id' or 'ood' (or a gpoints.Rule), got {rule!r}")
         rule = rules[rule]
     hands = gpoints.eval_hands(rule, n, seed, n_cards)
-    _, summ = play_gpoints(model, tokenizer, hands, 1, max_attempts, style, temperature, top_p, max_new_tokens,
-                           seed=seed if temperature > 0 else None, batch_size=batch_size, history=history)
+    _, summ = play_gpoints(
+        model,
+        tokenizer,
+        hands,
+        1,
+        max_attempts,
+        style,
+        temperature,
+        top_p,
+        max_new_tokens,
+        seed=seed if temperature > 0 else None,
+        batch_size=batch_size,
+        history=history,
+    )
     return dict(rule=rule.name, **summ)
 
 # %% ../../nbs/30_rollout.ipynb #ea07f108
@@ -137,7 +237,8 @@ def check_pack_batch(fn) -> str:
     P, C = [[5, 6, 7], [8]], [[9, 10], [11, 12, 13]]
     got, want = fn(P, C, 0), pack_batch(P, C, 0)
     for k in ("input_ids", "attention_mask", "completion_mask"):
-        if k not in got: raise AssertionError(f"missing key {k!r}")
+        if k not in got:
+            raise AssertionError(f"missing key {k!r}")
         if not torch.equal(torch.as_tensor(got[k]).long(), want[k]):
             raise AssertionError(f"{k}: got {torch.as_tensor(got[k]).tolist()}, expected {want[k].tolist()}")
     return "correct"

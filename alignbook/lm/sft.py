@@ -21,20 +21,28 @@ __all__ = ['sft_loss', 'sft_loss_fn', 'completion_tokens', 'sft_dataset', 'gpoin
 def sft_loss(token_logps: torch.Tensor, mask: torch.Tensor, dft: bool = False) -> torch.Tensor:
     "Per-example mean negative log-likelihood of completion tokens (B,); `dft` weights tokens by sg(p)."
     if token_logps.shape != mask.shape:
-        raise ValueError(f"token_logps {tuple(token_logps.shape)} and mask {tuple(mask.shape)} must have the same shape")
+        raise ValueError(
+            f"token_logps {tuple(token_logps.shape)} and mask {tuple(mask.shape)} must have the same shape"
+        )
     n = mask.sum(-1)
-    if (n == 0).any(): raise ValueError(f"rows {(n == 0).nonzero().flatten().tolist()} have no completion tokens")
+    if (n == 0).any():
+        raise ValueError(f"rows {(n == 0).nonzero().flatten().tolist()} have no completion tokens")
     nll = -token_logps * mask
-    if dft: nll = nll * token_logps.detach().exp()
+    if dft:
+        nll = nll * token_logps.detach().exp()
     return nll.sum(-1) / n
+
 
 def sft_loss_fn(dft: bool = False):
     "A Trainer `loss_fn`: token-mean SFT loss of a collated SFT batch (use with `weight_fn=completion_tokens`)."
+
     def loss_fn(model, b):
         lp = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
         per_ex = sft_loss(lp.token_logps, lp.mask, dft)
         return (per_ex * lp.n_tokens).sum() / lp.n_tokens.sum(), {"logps/mean": lp.avg.mean()}
+
     return loss_fn
+
 
 def completion_tokens(b: dict) -> int:
     "Number of scored tokens in a collated batch (the SFT loss's normaliser)."
@@ -44,15 +52,21 @@ def completion_tokens(b: dict) -> int:
 def _messages_to_pc(row: dict) -> dict:
     msgs = row["messages"]
     if not msgs or msgs[-1]["role"] != "assistant":
-        raise ValueError("a 'messages' row must end with an assistant turn to be split into prompt and completion")
+        raise ValueError(
+            "a 'messages' row must end with an assistant turn to be split into prompt and completion"
+        )
     return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
 
 def sft_dataset(cfg):
     "The SFT training set named by `cfg.dataset`: 'gpoints-id' / 'gpoints-ood' (synthetic) or a HF dataset id/path."
     if str(cfg.dataset).startswith("gpoints-"):
         rule = {"gpoints-id": gpoints.ID_RULE, "gpoints-ood": gpoints.OOD_RULE}[cfg.dataset]
-        return gpoints.make_sft_dataset(cfg.n_train, rule, seed=cfg.seed, style=cfg.prompt_style, exclude=gpoints.held_out_hands())
+        return gpoints.make_sft_dataset(
+            cfg.n_train, rule, seed=cfg.seed, style=cfg.prompt_style, exclude=gpoints.held_out_hands()
+        )
     from datasets import load_dataset
+
     ds = load_dataset(cfg.dataset, split=cfg.get("dataset_split", "train"))
     if "messages" in ds.column_names and "prompt" not in ds.column_names:
         ds = ds.map(_messages_to_pc, remove_columns=ds.column_names)
@@ -62,39 +76,99 @@ def sft_dataset(cfg):
 def gpoints_eval_fn(tokenizer, cfg):
     "An `eval_fn` measuring greedy GeneralPoints success on `cfg.eval_size` held-out hands of each rule."
     from alignbook.lm.rollout import evaluate_policy
+
     def eval_fn(model):
         out = {}
         for rule in ("id", "ood"):
-            r = evaluate_policy(model, tokenizer, rule, n=cfg.eval_size, seed=0, style=cfg.prompt_style,
-                                max_new_tokens=cfg.max_new_tokens, batch_size=min(cfg.eval_size, 256))
-            out[f"eval/{rule}_success"] = r["success_rate"]; out[f"eval/{rule}_reward"] = r["mean_reward"]
+            r = evaluate_policy(
+                model,
+                tokenizer,
+                rule,
+                n=cfg.eval_size,
+                seed=0,
+                style=cfg.prompt_style,
+                max_new_tokens=cfg.max_new_tokens,
+                batch_size=min(cfg.eval_size, 256),
+            )
+            out[f"eval/{rule}_success"] = r["success_rate"]
+            out[f"eval/{rule}_reward"] = r["mean_reward"]
         return out
+
     return eval_fn
+
 
 def train_sft(cfg) -> dict:
     "Fine-tune `cfg.model` on `sft_dataset(cfg)`; writes metrics.jsonl, checkpoints and DIR/final."
     model, tok = load_policy(cfg)
     rows = tokenize_sft(sft_dataset(cfg), tok, cfg.max_length)
     is_gpoints = str(cfg.dataset).startswith("gpoints-")
-    t = Trainer(model, cfg, loss_fn=sft_loss_fn(cfg.dft), train_data=rows, collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
-                weight_fn=completion_tokens, eval_fn=gpoints_eval_fn(tok, cfg) if is_gpoints and cfg.eval_size else None)
+    t = Trainer(
+        model,
+        cfg,
+        loss_fn=sft_loss_fn(cfg.dft),
+        train_data=rows,
+        collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
+        weight_fn=completion_tokens,
+        eval_fn=gpoints_eval_fn(tok, cfg) if is_gpoints and cfg.eval_size else None,
+    )
     last = t.fit()
     final = t.save_model(Path(t.out_dir) / "final", tok) if t.out_dir else None
-    return {"out_dir": str(t.out_dir) if t.out_dir else None, "final_model": str(final) if final else None,
-            "steps": t.step, **last, "history": t.history, "model": t.unwrapped}
+    return {
+        "out_dir": str(t.out_dir) if t.out_dir else None,
+        "final_model": str(final) if final else None,
+        "steps": t.step,
+        **last,
+        "history": t.history,
+        "model": t.unwrapped,
+    }
 
-register_objective("sft", train_sft, help="supervised fine-tuning (completion-only NLL) on demonstrations",
-    toy=dict(dataset="gpoints-id", n_train=4000, prompt_style="toy", dft=False, max_new_tokens=64, max_steps=120, batch_size=32,
-             lr=5e-4, eval_every=40, eval_size=117, log_every=10, scheduler="constant"),
-    gpu=dict(model="Qwen/Qwen2.5-1.5B-Instruct", dataset="gpoints-id", n_train=20000, prompt_style="paper", max_new_tokens=256,
-             max_length=1024, lr=1e-5, max_steps=1000, batch_size=16, grad_accum=4, eval_every=100, eval_size=234))
+
+register_objective(
+    "sft",
+    train_sft,
+    help="supervised fine-tuning (completion-only NLL) on demonstrations",
+    toy=dict(
+        dataset="gpoints-id",
+        n_train=4000,
+        prompt_style="toy",
+        dft=False,
+        max_new_tokens=64,
+        max_steps=120,
+        batch_size=32,
+        lr=5e-4,
+        eval_every=40,
+        eval_size=117,
+        log_every=10,
+        scheduler="constant",
+    ),
+    gpu=dict(
+        model="Qwen/Qwen2.5-1.5B-Instruct",
+        dataset="gpoints-id",
+        n_train=20000,
+        prompt_style="paper",
+        max_new_tokens=256,
+        max_length=1024,
+        lr=1e-5,
+        max_steps=1000,
+        batch_size=16,
+        grad_accum=4,
+        eval_every=100,
+        eval_size=234,
+    ),
+)
 
 # %% ../../nbs/10_sft.ipynb #a6c4c464
 def check_sft_loss(fn) -> str:
     "Check a student's `fn(token_logps, mask) -> (B,)` against `sft_loss`."
     g = torch.Generator().manual_seed(0)
-    lp = -torch.rand(3, 6, generator=g) * 3; m = (torch.rand(3, 6, generator=g) > 0.3).long(); m[:, 0] = 1
+    lp = -torch.rand(3, 6, generator=g) * 3
+    m = (torch.rand(3, 6, generator=g) > 0.3).long()
+    m[:, 0] = 1
     want, got = sft_loss(lp, m), fn(lp, m)
-    assert got.shape == want.shape, f"expected shape {tuple(want.shape)} (one loss per example), got {tuple(got.shape)}"
-    assert torch.allclose(got, want, atol=1e-5), f"expected {want}, got {got}: mean over *completion* tokens of each row"
+    assert got.shape == want.shape, (
+        f"expected shape {tuple(want.shape)} (one loss per example), got {tuple(got.shape)}"
+    )
+    assert torch.allclose(got, want, atol=1e-5), (
+        f"expected {want}, got {got}: mean over *completion* tokens of each row"
+    )
     return "correct"

@@ -19,7 +19,7 @@ def simpo_loss(chosen_avg_logps, rejected_avg_logps, beta=2.0, gamma=0.5):
     check_positive("beta", beta)
     if not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
         raise ValueError(f"`gamma` (the target margin) must be a finite number, got {gamma!r}")
-    logits = beta * (chosen_avg_logps - rejected_avg_logps) - gamma     # β·Δavg − γ
+    logits = beta * (chosen_avg_logps - rejected_avg_logps) - gamma  # β·Δavg − γ
     losses = -F.logsigmoid(logits)
     return losses, beta * chosen_avg_logps.detach(), beta * rejected_avg_logps.detach()
 
@@ -29,5 +29,10 @@ def check_simpo_loss(fn) -> str:
     g = torch.Generator().manual_seed(1)
     w, l = -torch.rand(16, generator=g) * 3, -torch.rand(16, generator=g) * 3
     want, got = simpo_loss(w, l, 2.0, 0.7)[0], fn(w, l, 2.0, 0.7)
-    if got.shape != want.shape: return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
-    return "correct" if torch.allclose(got, want, atol=1e-5) else f"wrong values: max error {(got - want).abs().max():.3g}"
+    if got.shape != want.shape:
+        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    return (
+        "correct"
+        if torch.allclose(got, want, atol=1e-5)
+        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    )

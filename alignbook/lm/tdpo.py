@@ -15,23 +15,34 @@ __all__ = ['sequential_kl', 'tdpo_loss', 'check_sequential_kl']
 def sequential_kl(logits, ref_logits, mask):
     "Σ_t KL(π_ref‖π_θ) over the full vocabulary: logits, ref_logits (B,T,V), mask (B,T) → (B,)."
     if logits.shape != ref_logits.shape:
-        raise ValueError(f"`ref_logits` has shape {tuple(ref_logits.shape)} but `logits` has {tuple(logits.shape)}")
+        raise ValueError(
+            f"`ref_logits` has shape {tuple(ref_logits.shape)} but `logits` has {tuple(logits.shape)}"
+        )
     if mask.shape != logits.shape[:2]:
         raise ValueError(f"`mask` must have shape {tuple(logits.shape[:2])} (B, T), got {tuple(mask.shape)}")
     logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
-    kl_t = (ref_logp.exp() * (ref_logp - logp)).sum(-1)          # KL(π_ref(·|t) ‖ π_θ(·|t)) (B,T)
+    kl_t = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # KL(π_ref(·|t) ‖ π_θ(·|t)) (B,T)
     return (kl_t * mask).sum(-1)
 
 # %% ../../nbs/27_tdpo.ipynb #413d0620
-def tdpo_loss(chosen_logratio, rejected_logratio, chosen_seq_kl, rejected_seq_kl, beta=0.1, alpha=0.5, variant=2):
+def tdpo_loss(
+    chosen_logratio, rejected_logratio, chosen_seq_kl, rejected_seq_kl, beta=0.1, alpha=0.5, variant=2
+):
     "Per-example TDPO loss (B,) and rewards β·Δ_w, β·Δ_l (B,) from summed log-ratios and sequential KLs (B,)."
-    check_same_shape(chosen_logratio=chosen_logratio, rejected_logratio=rejected_logratio,
-                     chosen_seq_kl=chosen_seq_kl, rejected_seq_kl=rejected_seq_kl)
+    check_same_shape(
+        chosen_logratio=chosen_logratio,
+        rejected_logratio=rejected_logratio,
+        chosen_seq_kl=chosen_seq_kl,
+        rejected_seq_kl=rejected_seq_kl,
+    )
     check_positive("beta", beta)
-    if variant not in (1, 2): raise ValueError(f"`variant` must be 1 (TDPO1) or 2 (TDPO2), got {variant!r}")
+    if variant not in (1, 2):
+        raise ValueError(f"`variant` must be 1 (TDPO1) or 2 (TDPO2), got {variant!r}")
     d = chosen_logratio - rejected_logratio
-    if variant == 1: u = beta * (d - (rejected_seq_kl - chosen_seq_kl))                    # TDPO1
-    else: u = beta * (d - alpha * (rejected_seq_kl - chosen_seq_kl.detach()))              # TDPO2: sg on chosen KL
+    if variant == 1:
+        u = beta * (d - (rejected_seq_kl - chosen_seq_kl))  # TDPO1
+    else:
+        u = beta * (d - alpha * (rejected_seq_kl - chosen_seq_kl.detach()))  # TDPO2: sg on chosen KL
     return -F.logsigmoid(u), beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 # %% ../../nbs/27_tdpo.ipynb #8dc20542
@@ -41,7 +52,12 @@ def check_sequential_kl(fn) -> str:
     a, b = torch.randn(3, 6, 9, generator=g), torch.randn(3, 6, 9, generator=g)
     m = (torch.rand(3, 6, generator=g) > 0.3).float()
     want, got = sequential_kl(a, b, m), fn(a, b, m)
-    if got.shape != want.shape: return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    if got.shape != want.shape:
+        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
     if torch.allclose(got, sequential_kl(b, a, m), atol=1e-5) and not torch.allclose(got, want, atol=1e-5):
         return "direction reversed: TDPO uses KL(π_ref ‖ π_θ), weights from the reference"
-    return "correct" if torch.allclose(got, want, atol=1e-5) else f"wrong values: max error {(got - want).abs().max():.3g}"
+    return (
+        "correct"
+        if torch.allclose(got, want, atol=1e-5)
+        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    )
