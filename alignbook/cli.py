@@ -18,8 +18,7 @@ from alignbook.config import (
 )
 
 # %% auto #0
-__all__ = ['cmd_list', 'cmd_train', 'cmd_bench', 'cmd_eval', 'cmd_build_base', 'cmd_book', 'cmd_assign', 'cmd_grade', 'parser',
-           'main']
+__all__ = ['cmd_list', 'cmd_train', 'cmd_bench', 'cmd_eval', 'cmd_build_base', 'cmd_book', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #80d87390
 def _json_default(o):
@@ -107,7 +106,11 @@ def cmd_grade(args) -> int:
     from alignbook.course.grade import grade
 
     res = grade(
-        args.notebooks, assignment=args.assignment, cell_timeout=args.cell_timeout, time_limit=args.time_limit
+        args.notebooks,
+        assignment=args.assignment,
+        cell_timeout=args.cell_timeout,
+        time_limit=args.time_limit,
+        jobs=args.jobs,
     )
     if args.json:
         _print_json(res)
@@ -142,6 +145,7 @@ def _course_parsers(sub):
     )
     g.add_argument("--cell-timeout", type=int, default=60, help="seconds each cell may run")
     g.add_argument("--time-limit", type=int, default=600, help="seconds for a whole submission")
+    g.add_argument("--jobs", type=int, default=1, help="submissions graded at once (one core each)")
     g.set_defaults(fn=cmd_grade)
 
 # %% ../nbs/90_cli.ipynb #b653ba5c
