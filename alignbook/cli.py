@@ -91,7 +91,17 @@ def cmd_build_base(args) -> int:
 def cmd_book(args) -> int:
     from alignbook.book import build_book
 
-    res = build_book(preset=args.preset, nbs=args.nbs, out=args.out, only=args.only, timeout=args.timeout)
+    res = build_book(
+        preset=args.preset,
+        nbs=args.nbs,
+        out=args.out,
+        only=args.only,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        skip=tuple(args.skip),
+        site=not args.no_site,
+        write_back_outputs=args.write_back,
+    )
     return 0 if all(r["ok"] for r in res) else 1
 
 # %% ../nbs/90_cli.ipynb #c0a55e02
@@ -168,12 +178,22 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("name")
         s.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments for the {kind}")
         s.set_defaults(fn=fn)
-    b = sub.add_parser("book", help="execute the notebooks headless in a preset and render HTML into _book/")
+    b = sub.add_parser(
+        "book", help="execute the notebooks headless in a preset and render the site into _book/"
+    )
     b.add_argument("--preset", default="toy")
     b.add_argument("--nbs", default="nbs")
     b.add_argument("--out", default="_book")
     b.add_argument("--only", nargs="*", default=None, help="notebook name patterns to run (default: all)")
     b.add_argument("--timeout", type=int, default=900, help="per-cell timeout in seconds")
+    b.add_argument(
+        "--jobs", type=int, default=1, help="notebooks executed at once (threads split between them)"
+    )
+    b.add_argument(
+        "--skip", nargs="*", default=[], help="cell flags not to execute, e.g. slow (a quick draft)"
+    )
+    b.add_argument("--write-back", action="store_true", help="write the outputs back into nbs/*.ipynb")
+    b.add_argument("--no-site", action="store_true", help="execute only; do not render the site")
     b.set_defaults(fn=cmd_book)
     _course_parsers(sub)
     bb = sub.add_parser("build-base", help="rebuild the pretrained toy base model bit for bit")

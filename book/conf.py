@@ -16,8 +16,13 @@ nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_update_mathjax = False
 myst_heading_anchors = 3
-exclude_patterns = ["**.ipynb_checkpoints"]
-suppress_warnings = ["myst.header", "myst.xref_missing", "mystnb.unknown_mime_type", "misc.highlighting_failure"]
+exclude_patterns = ["**.ipynb_checkpoints", "README.md"]  # README.md is included by index.md
+suppress_warnings = [
+    "myst.header",
+    "myst.xref_missing",
+    "mystnb.unknown_mime_type",
+    "misc.highlighting_failure",
+]
 
 html_theme = "sphinx_book_theme"
 html_theme_options = {
@@ -31,25 +36,23 @@ html_static_path = [str(Path(__file__).parent / "_static")]
 html_css_files = ["alignbook.css"]
 html_last_updated_fmt = None
 
-# MathJax 2 from the `jupyter-server-mathjax` package, copied next to the pages: no CDN, works offline.
-mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
-mathjax2_config = {
-    "tex2jax": {
-        "inlineMath": [["\\(", "\\)"]],
-        "displayMath": [["\\[", "\\]"]],
-        "processEscapes": True,
-        "processClass": "math|output_area",
-    },
-    "HTML-CSS": {"availableFonts": [], "webFont": "STIX-Web", "imageFont": None, "preferredFont": None},
-    "messageStyle": "none",
+# MathJax 3 from the `sphinx-mathjax-offline` package, copied next to the pages: no CDN, works offline.
+# Its SVG output draws glyphs from data in the script: no web font to fetch (fonts fail over file://).
+mathjax_path = "mathjax/tex-svg.js"
+mathjax3_config = {
+    "tex": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]], "processEscapes": True},
+    "options": {"ignoreHtmlClass": "tex2jax_ignore|mathjax_ignore", "processHtmlClass": "math|output_area"},
+    "svg": {"fontCache": "global"},
 }
+html_context = {"default_mode": "light"}
 
 
 def _copy_mathjax(app, exception):
     if exception is None and app.builder.format == "html":
-        import jupyter_server_mathjax
+        from importlib.metadata import distribution
 
-        src = Path(jupyter_server_mathjax.__file__).parent / "static"
+        dist = distribution("sphinx-mathjax-offline")
+        src = Path(dist.locate_file("sphinx-mathjax-offline/static/mathjax"))
         shutil.copytree(src, Path(app.outdir) / "_static" / "mathjax", dirs_exist_ok=True)
 
 
