@@ -34,6 +34,7 @@ html_theme_options = {
 }
 html_static_path = [str(Path(__file__).parent / "_static")]
 html_css_files = ["alignbook.css"]
+html_favicon = "_static/favicon.svg"
 html_last_updated_fmt = None
 
 # MathJax 3 from the `sphinx-mathjax-offline` package, copied next to the pages: no CDN, works offline.

@@ -45,7 +45,7 @@ def site():
 PAGE_INFO = """(() => {
   const q = (s) => [...document.querySelectorAll(s)];
   const art = (document.querySelector('article') || document.body).cloneNode(true);
-  art.querySelectorAll('pre, code, script, .MathJax, .MathJax_Display, .MathJax_Preview').forEach(e => e.remove());
+  art.querySelectorAll('pre, code, script, mjx-container, .MathJax').forEach(e => e.remove());
   const text = art.textContent;
   return {
     title: document.title,

@@ -97,8 +97,6 @@ class _Kernel:
             km=self.km,
             timeout=cell_timeout,
             allow_errors=True,
-            interrupt_on_timeout=True,
-            error_on_timeout={"ename": "CellTimeoutError", "evalue": f"cell ran over {cell_timeout} s"},
             resources={"metadata": {"path": str(cwd)}},
         )
         self.client.km = self.km
@@ -108,12 +106,14 @@ class _Kernel:
     def run(self, source: str) -> tuple[str, str]:
         "Execute `source`: ('ok' | 'error' | 'timeout' | 'dead', message)."
         import nbformat
-        from nbclient.exceptions import DeadKernelError
+        from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
         cell = nbformat.v4.new_code_cell(source)
         self.client.nb.cells = [cell]
         try:
             self.client.execute_cell(cell, 0)
+        except CellTimeoutError:
+            return "timeout", f"ran over the {self.client.timeout} s limit"
         except DeadKernelError as e:
             return "dead", f"the kernel died: {e}"
         except Exception as e:  # a kernel that stopped answering
@@ -124,8 +124,7 @@ class _Kernel:
         if not errs:
             return "ok", ""
         e = errs[-1]
-        status = "timeout" if e.get("ename") == "CellTimeoutError" else "error"
-        return status, f"{e.get('ename')}: {e.get('evalue')}"
+        return "error", f"{e.get('ename')}: {e.get('evalue')}"
 
     def close(self):
         "Stop the channels and shut the kernel down (nbclient shuts down only kernels it started itself)."
@@ -194,12 +193,11 @@ def grade_notebook(
                     if i in skip:
                         continue
                     status, msg = k.run(src)
-                    if status in ("dead", "timeout"):
+                    if status in ("dead", "timeout"):  # a fresh kernel replays the rest without this cell
                         skip.add(i)
                         notes.append(f"submission cell {i}: {status} ({msg}); skipped")
-                        if status == "dead":
-                            restart = True
-                            break
+                        restart = True
+                        break
                 if restart:
                     continue
                 for q in spec.questions:
@@ -208,7 +206,7 @@ def grade_notebook(
                     status, msg = k.run(hidden_test_source(spec, q))
                     pts = q.points if status == "ok" else 0.0
                     results[q.id] = {"points": pts, "max_points": q.points, "status": status, "message": msg}
-                    if status == "dead":
+                    if status in ("dead", "timeout"):
                         break
             finally:
                 k.close()
