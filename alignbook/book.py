@@ -73,7 +73,6 @@ def _kernel_env(threads: int) -> dict:
 def _execute(nb, path: Path, timeout: int, threads: int = 1):
     "Execute `nb` in place in a fresh ipc kernel in `path`'s folder; `skip_execution` cells stay unexecuted."
     import nbformat
-    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
     skipped = [c for c in nb.cells if c.metadata.get("skip_execution")]
@@ -85,15 +84,14 @@ def _execute(nb, path: Path, timeout: int, threads: int = 1):
     setup = nbformat.v4.new_code_cell(_SETUP)
     nb.cells.insert(0, setup)
     with tempfile.TemporaryDirectory(prefix="alignbook-kernel-") as tmp:
-        km = KernelManager(kernel_name="python3", transport="ipc")
-        km.connection_file = str(Path(tmp) / "kernel.json")
+        client = NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        )
+        km = client.create_kernel_manager()  # nbclient's own (async) manager: it shuts the kernel down
+        km.transport, km.connection_file = "ipc", str(Path(tmp) / "kernel.json")
         try:
-            NotebookClient(
-                nb, km=km, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
-            ).execute(env=_kernel_env(threads))
+            client.execute(env=_kernel_env(threads))
         finally:
-            if km.has_kernel:  # nbclient shuts down only kernels it started itself
-                km.shutdown_kernel(now=True)
             nb.cells.remove(setup)
             for c in skipped:
                 c.source = keep[id(c)]

@@ -86,20 +86,21 @@ class _Kernel:
     "A fresh ipc-transport kernel running in `cwd`, executing cells one at a time with a time limit each."
 
     def __init__(self, cwd: Path, cell_timeout: int, threads: int):
-        from jupyter_client.manager import KernelManager
         from nbclient import NotebookClient
         import nbformat
 
-        self.km = KernelManager(kernel_name="python3", transport="ipc")
-        self.km.connection_file = str(Path(cwd).parent / f".kernel-{os.getpid()}-{time.time_ns()}.json")
         self.client = NotebookClient(
             nbformat.v4.new_notebook(),
-            km=self.km,
             timeout=cell_timeout,
             allow_errors=True,
+            kernel_name="python3",
             resources={"metadata": {"path": str(cwd)}},
         )
-        self.client.km = self.km
+        km = (
+            self.client.create_kernel_manager()
+        )  # nbclient's async manager: time limits hold even if a cell hangs
+        km.transport = "ipc"
+        km.connection_file = str(Path(cwd).parent / f".kernel-{os.getpid()}-{time.time_ns()}.json")
         self.client.start_new_kernel(env=_kernel_env(threads, str(Path(cwd).parent)), cwd=str(cwd))
         self.client.start_new_kernel_client()
 
@@ -118,8 +119,6 @@ class _Kernel:
             return "dead", f"the kernel died: {e}"
         except Exception as e:  # a kernel that stopped answering
             return "dead", f"{type(e).__name__}: {e}"
-        if not self.km.is_alive():
-            return "dead", "the kernel died"
         errs = [o for o in cell.outputs if o.get("output_type") == "error"]
         if not errs:
             return "ok", ""
@@ -127,11 +126,13 @@ class _Kernel:
         return "error", f"{e.get('ename')}: {e.get('evalue')}"
 
     def close(self):
-        "Stop the channels and shut the kernel down (nbclient shuts down only kernels it started itself)."
+        "Stop the channels and shut the kernel down."
+        from jupyter_core.utils import run_sync
+
         with contextlib.suppress(Exception):
             self.client.kc.stop_channels()
         with contextlib.suppress(Exception):
-            self.km.shutdown_kernel(now=True)
+            run_sync(self.client.km.shutdown_kernel)(now=True)
 
 # %% ../../nbs/93a_grade.ipynb #7f9572cc
 def _spec_for(nb, path: Path, assignment: str | None) -> Spec:
