@@ -182,6 +182,7 @@ def site_copy(nb):
                 c.metadata["tags"] = tags
         cells.append(c)
     nb.cells = cells
+    nb.metadata.setdefault("language_info", {"name": "python", "pygments_lexer": "ipython3"})  # highlighting
     return nb
 
 
