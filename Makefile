@@ -1,11 +1,14 @@
-# alignbook — `make book` executes the book in the toy preset and renders it to _book/; `make test` runs the tests.
+# alignbook — `make book` executes the book in the toy preset and renders the site into _book/; `make test` runs the tests;
+# `make outputs` writes the toy run's outputs back into nbs/*.ipynb.
 SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.alignbook-installed
 PRESET ?= toy
+# notebooks executed at once by `make book`; each kernel gets cores/JOBS BLAS threads, so they never oversubscribe
+JOBS ?= 2
 
-.PHONY: install book test lab clean export
+.PHONY: install book outputs test lab clean export
 .DEFAULT_GOAL := book
 
 $(PY):
@@ -25,7 +28,12 @@ install: $(STAMP)
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 book: install
-	$(if $(filter toy,$(PRESET)),$(OFFLINE)) $(VENV)/bin/alignbook book --preset $(PRESET)
+	$(if $(filter toy,$(PRESET)),$(OFFLINE)) $(VENV)/bin/alignbook book --preset $(PRESET) --jobs $(JOBS)
+
+# refresh the outputs committed in the notebooks (toy preset; the alignbook version goes into their metadata)
+outputs: install
+	$(OFFLINE) $(VENV)/bin/alignbook book --preset toy --jobs $(JOBS) --write-back --no-site
+	$(VENV)/bin/nbdev_clean
 
 # two notebooks run at once on two cores: one BLAS thread each (oversubscribed threads spin-wait)
 test: install

@@ -91,8 +91,72 @@ def cmd_build_base(args) -> int:
 def cmd_book(args) -> int:
     from alignbook.book import build_book
 
-    res = build_book(preset=args.preset, nbs=args.nbs, out=args.out, only=args.only, timeout=args.timeout)
+    res = build_book(
+        preset=args.preset,
+        nbs=args.nbs,
+        out=args.out,
+        only=args.only,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        skip=tuple(args.skip),
+        site=not args.no_site,
+        write_back_outputs=args.write_back,
+    )
     return 0 if all(r["ok"] for r in res) else 1
+
+# %% ../nbs/90_cli.ipynb #c0a55e02
+def cmd_assign(args) -> int:
+    from alignbook.course.assign import assign
+
+    _print_json(assign(args.chapters, args.out, nbs=args.nbs))
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from alignbook.course.grade import grade
+
+    res = grade(
+        args.notebooks,
+        assignment=args.assignment,
+        cell_timeout=args.cell_timeout,
+        time_limit=args.time_limit,
+        jobs=args.jobs,
+    )
+    if args.json:
+        _print_json(res)
+        return 0
+    for s in res["submissions"]:
+        print(f"{s['notebook']} ({s['assignment']}, {s['seconds']} s)")
+        for q, r in s["questions"].items():
+            why = "" if r["points"] == r["max_points"] else f"  {r['message']}"
+            print(f"  {q:<24} {r['points']:g}/{r['max_points']:g}{why}")
+        print(f"  score {s['score']:g}/{s['max_score']:g}")
+    return 0
+
+
+def _course_parsers(sub):
+    "The instructor's subcommands `assign` and `grade` (see the course chapter)."
+    a = sub.add_parser(
+        "assign", help="student notebooks and an nbgrader course: alignbook assign dpo sft --out DIR"
+    )
+    a.add_argument(
+        "chapters", nargs="+", help="chapters with an assignment: name, stem or number (dpo, 22_dpo, 22)"
+    )
+    a.add_argument("--out", required=True, help="output folder: student/, course/ (nbgrader), hidden/")
+    a.add_argument("--nbs", default=None, help="the chapter notebooks (default: ./nbs)")
+    a.set_defaults(fn=cmd_assign)
+    g = sub.add_parser("grade", help="grade submissions in fresh kernels against the hidden tests")
+    g.add_argument("notebooks", nargs="+", help="submitted notebooks")
+    g.add_argument(
+        "--json", action="store_true", help="print per-question points, score and max_score as JSON"
+    )
+    g.add_argument(
+        "--assignment", default=None, help="assignment name (default: notebook metadata or file name)"
+    )
+    g.add_argument("--cell-timeout", type=int, default=60, help="seconds each cell may run")
+    g.add_argument("--time-limit", type=int, default=600, help="seconds for a whole submission")
+    g.add_argument("--jobs", type=int, default=1, help="submissions graded at once (one core each)")
+    g.set_defaults(fn=cmd_grade)
 
 # %% ../nbs/90_cli.ipynb #b653ba5c
 def parser() -> argparse.ArgumentParser:
@@ -114,13 +178,24 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("name")
         s.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments for the {kind}")
         s.set_defaults(fn=fn)
-    b = sub.add_parser("book", help="execute the notebooks headless in a preset and render HTML into _book/")
+    b = sub.add_parser(
+        "book", help="execute the notebooks headless in a preset and render the site into _book/"
+    )
     b.add_argument("--preset", default="toy")
     b.add_argument("--nbs", default="nbs")
     b.add_argument("--out", default="_book")
     b.add_argument("--only", nargs="*", default=None, help="notebook name patterns to run (default: all)")
     b.add_argument("--timeout", type=int, default=900, help="per-cell timeout in seconds")
+    b.add_argument(
+        "--jobs", type=int, default=1, help="notebooks executed at once (threads split between them)"
+    )
+    b.add_argument(
+        "--skip", nargs="*", default=[], help="cell flags not to execute, e.g. slow (a quick draft)"
+    )
+    b.add_argument("--write-back", action="store_true", help="write the outputs back into nbs/*.ipynb")
+    b.add_argument("--no-site", action="store_true", help="execute only; do not render the site")
     b.set_defaults(fn=cmd_book)
+    _course_parsers(sub)
     bb = sub.add_parser("build-base", help="rebuild the pretrained toy base model bit for bit")
     bb.add_argument("--out", default=None, help="where to write it (default: the package's assets/toy-base)")
     bb.set_defaults(fn=cmd_build_base)
