@@ -15,7 +15,6 @@ from alignbook.config import (
     load_plugins,
     get_config,
     parse_overrides,
-    resolve_preset,
     config_diff,
 )
 
@@ -50,12 +49,14 @@ _SKIP = object()
 
 
 def result_summary(out) -> dict:
-    "What a train/bench/eval function returned, as printable JSON: any mapping or dataclass; no history, no models."
+    "What a train/bench/eval function returned, as printable JSON (any mapping or dataclass; no models)."
     if dataclasses.is_dataclass(out) and not isinstance(out, type):
         out = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
     elif not isinstance(out, Mapping):
         out = dict(out) if hasattr(out, "keys") else {"result": out}
-    return {k: v for k, v in ((str(k), _plain(v)) for k, v in out.items() if k != "history") if v is not _SKIP}
+    return {
+        k: v for k, v in ((str(k), _plain(v)) for k, v in out.items() if k != "history") if v is not _SKIP
+    }
 
 
 def _print_json(d) -> None:
@@ -82,7 +83,7 @@ def _read_json(p: Path) -> dict | None:
 
 
 def check_run_dir(cfg) -> None:
-    "Refuse (RunRefused) to train `cfg` into a folder holding another objective's run, a changed config or a finished run."
+    "RunRefused if `cfg.out_dir` holds another objective's run, a run with another config, or a finished run."
     from alignbook.train import RunRefused
 
     out = Path(cfg.out_dir)
@@ -91,7 +92,8 @@ def check_run_dir(cfg) -> None:
         return
     if saved.get("objective") != cfg.objective:
         raise RunRefused(
-            f"{out} holds a {saved.get('objective')!r} run; training {cfg.objective!r} there would mix the two. "
+            f"{out} holds a {saved.get('objective')!r} run; training {cfg.objective!r} there would mix "
+            f"the two. "
             f"Use another --out (to start {cfg.objective} from that run's model: model={out / 'final'})"
         )
     if not any(out.glob("checkpoint-*")):

@@ -51,11 +51,11 @@ COMMON = {
     "eval_every": 0,
     "eval_size": 64,
     "device": "auto",
-    "force_config": False,  # resume a run even though its saved config differs (alignbook train --force-config)
+    "force_config": False,  # resume although the saved config differs (alignbook train --force-config)
 }
 
 GPU_COMMON = {
-    "model": "Qwen/Qwen2.5-0.5B-Instruct",  # small enough to train fully on one 24 GB GPU, good enough to judge
+    "model": "Qwen/Qwen2.5-0.5B-Instruct",  # small enough for one 24 GB GPU, good enough to judge
     "max_length": 1024,
     "max_prompt_length": 512,
     "batch_size": 8,
@@ -247,7 +247,10 @@ CONSTRAINTS: dict[str, tuple[Callable, str]] = {
     "save_every": _GE0,
     "eval_every": _GE0,
     "eval_size": _GE0,
-    "device": (lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"), "auto, cpu, cuda[:N] or mps"),
+    "device": (
+        lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"),
+        "auto, cpu, cuda[:N] or mps",
+    ),
     "n_train": _GE1,
     "n_eval": _GE0,
     "n_pairs": _GE1,
@@ -280,7 +283,7 @@ def _example(key: str, default) -> str:
 
 
 def validate_override(key: str, value, default) -> Any:
-    "Check one override against the preset's default (type) and CONSTRAINTS (range); returns the value, ints made int."
+    "Check one override against the preset's default (type) and CONSTRAINTS (range); returns the value."
     if value is None:
         if default is None or key in NULLABLE:
             return value
@@ -305,7 +308,9 @@ def validate_override(key: str, value, default) -> Any:
         if not ok:
             raise ValueError(f"{key}={value!r}: expected text, e.g. {_example(key, default)}")
     elif not isinstance(value, type(default)):
-        raise ValueError(f"{key}={value!r}: expected a {type(default).__name__}, e.g. {_example(key, default)}")
+        raise ValueError(
+            f"{key}={value!r}: expected a {type(default).__name__}, e.g. {_example(key, default)}"
+        )
     if key in CONSTRAINTS:
         check, expects = CONSTRAINTS[key]
         try:
@@ -331,7 +336,10 @@ def validate_dataset_name(name) -> None:
         )
     local = s.startswith((".", "/", "~")) or s.endswith(_DATA_FILES) or s.count("/") > 1
     if local and not family and not os.path.exists(os.path.expanduser(s)):
-        raise ValueError(f"dataset={s}: no such file or directory; give the path of a .jsonl/.json/.csv/.parquet file or a data directory")
+        raise ValueError(
+            f"dataset={s}: no such file or directory; give the path of a .jsonl/.json/.csv/.parquet file "
+            f"or of a data directory"
+        )
 
 
 RESUMABLE_KEYS = frozenset(
@@ -342,7 +350,9 @@ RESUMABLE_KEYS = frozenset(
 def config_diff(saved: dict, new: dict, ignore=RESUMABLE_KEYS) -> dict:
     "{key: (saved value, new value)} for the keys, outside `ignore`, whose values differ between two configs."
     a, b = (json.loads(json.dumps(dict(d), default=str)) for d in (saved, new))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)}
+    return {
+        k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)
+    }
 
 # %% ../nbs/00_config.ipynb #59ce9eb6
 def check_layering(fn: Callable) -> str:

@@ -34,7 +34,7 @@ def _rows(ds) -> Iterable[dict]:
 def _columns(ds) -> list[str]:
     if hasattr(ds, "column_names"):
         return list(ds.column_names)
-    return list(ds[0].keys()) if len(ds) else []
+    return list(ds[0].keys()) if len(ds) and isinstance(ds[0], dict) else []
 
 # %% ../nbs/03_data.ipynb #aed42346
 def _check_text(v: Any, i: int, field: str, allow_empty: bool = False):
@@ -92,6 +92,11 @@ def validate_dataset(ds, kind: str, tokenizer=None, max_length: int | None = Non
         )
     style = None
     for i, r in enumerate(_rows(ds)):
+        if not isinstance(r, dict):
+            raise DataFormatError(f"row {i}: expected a dict of fields {list(need)}, got {type(r).__name__}")
+        lack = [f for f in need if f not in r]
+        if lack:
+            raise DataFormatError(f"row {i}: missing field(s) {lack}; every row needs {list(need)}")
         styles = {f: _check_text(r[f], i, f, allow_empty=(f == "prompt")) for f in need if f != "label"}
         if len(set(styles.values())) > 1:
             raise DataFormatError(
@@ -154,7 +159,9 @@ def _json_records(path: Path) -> list[tuple[str, Any]]:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     if not raw.strip():
-        raise DataFormatError(f"{path}: the file is empty; write one JSON object per line, or point to the right file")
+        raise DataFormatError(
+            f"{path}: the file is empty; write one JSON object per line, or point to the right file"
+        )
     lines = raw.split(b"\n")
     texts = []
     for n, line in enumerate(lines, 1):
@@ -170,7 +177,11 @@ def _json_records(path: Path) -> list[tuple[str, Any]]:
         if not isinstance(recs, list):
             raise DataFormatError(f"{path}: expected a JSON list of objects, got a {_json_type(recs)}")
         return [(f"{path}, record {i}", r) for i, r in enumerate(recs)]
-    return [(f"{path}, line {n}", _decode_json(t, f"{path}, line {n}")) for n, t in enumerate(texts, 1) if t.strip()]
+    return [
+        (f"{path}, line {n}", _decode_json(t, f"{path}, line {n}"))
+        for n, t in enumerate(texts, 1)
+        if t.strip()
+    ]
 
 
 def _check_records(items: list[tuple[str, Any]]) -> list[dict]:
@@ -179,7 +190,9 @@ def _check_records(items: list[tuple[str, Any]]) -> list[dict]:
     fields, fields_at = None, None
     for where, rec in items:
         if not isinstance(rec, dict):
-            raise DataFormatError(f"{where}: expected a JSON object {{\"field\": value, …}}, got a {_json_type(rec)}")
+            raise DataFormatError(
+                f'{where}: expected a JSON object {{"field": value, …}}, got a {_json_type(rec)}'
+            )
         if fields is None:
             fields, fields_at = set(rec), where
         elif set(rec) != fields:
@@ -202,14 +215,16 @@ def _check_records(items: list[tuple[str, Any]]) -> list[dict]:
 
 
 def read_jsonl(path) -> list[dict]:
-    "Records of a .jsonl (or .json) file, checked: UTF-8, complete JSON objects, the same fields and types throughout."
+    "Records of a .jsonl (or .json) file, checked: UTF-8, whole JSON objects, one set of fields and types."
     path = Path(path)
     if not path.is_file():
-        raise DataFormatError(f"{path}: no such file; check the path (relative paths start from the current directory)")
+        raise DataFormatError(
+            f"{path}: no such file; check the path (relative paths start from the current directory)"
+        )
     return _check_records(_json_records(path))
 
 
-def _from_records(records: list[dict], where) -> "datasets.Dataset":
+def _from_records(records: list[dict], where):
     from datasets import Dataset
 
     try:
@@ -221,7 +236,7 @@ def _from_records(records: list[dict], where) -> "datasets.Dataset":
         ) from None
 
 
-def _load_files(files: list[Path], where) -> "datasets.Dataset":
+def _load_files(files: list[Path], where):
     from datasets import load_dataset
 
     kinds = {DATA_SUFFIXES[f.suffix] for f in files}
@@ -236,7 +251,9 @@ def _load_files(files: list[Path], where) -> "datasets.Dataset":
     try:
         ds = load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
     except UnicodeDecodeError as e:
-        raise DataFormatError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+        raise DataFormatError(
+            f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8"
+        ) from None
     except Exception as e:
         raise DataFormatError(f"{where}: could not be read ({type(e).__name__}: {str(e)[:200]})") from None
     if len(ds) == 0:
@@ -244,8 +261,8 @@ def _load_files(files: list[Path], where) -> "datasets.Dataset":
     return ds
 
 
-def load_rows(name_or_path, split: str = "train") -> "datasets.Dataset":
-    "A Dataset from a .jsonl/.json/.csv/.parquet file, a directory of them, a save_to_disk folder, or the Hub."
+def load_rows(name_or_path, split: str = "train"):
+    "A Dataset from a .jsonl/.json/.csv/.parquet file, a folder of them, a save_to_disk folder or the Hub."
     s = os.fspath(name_or_path)
     p = Path(os.path.expanduser(s))
     if p.is_dir():
@@ -257,7 +274,9 @@ def load_rows(name_or_path, split: str = "train") -> "datasets.Dataset":
         files = sorted(
             f
             for f in p.rglob("*")
-            if f.is_file() and f.suffix in DATA_SUFFIXES and not any(x.startswith(".") for x in f.relative_to(p).parts)
+            if f.is_file()
+            and f.suffix in DATA_SUFFIXES
+            and not any(x.startswith(".") for x in f.relative_to(p).parts)
         )
         if not files:
             raise DataFormatError(
@@ -277,7 +296,8 @@ def load_rows(name_or_path, split: str = "train") -> "datasets.Dataset":
         return load_dataset(s, split=split)
     except Exception as e:
         raise DataFormatError(
-            f"dataset {s!r} is not a local file or directory, and loading it from the Hugging Face Hub failed "
+            f"dataset {s!r} is not a local file or directory, and loading it from the Hugging Face Hub "
+            f"failed "
             f"({type(e).__name__}: {str(e)[:200]}); check the name, or pass a local .jsonl file"
         ) from None
 

@@ -4,9 +4,9 @@
 
 # %% ../nbs/05_train.ipynb #6610dff0
 from __future__ import annotations
-import os, re, sys, json, math, time, random, shutil, signal, socket, hashlib, threading, contextlib
+import os, re, sys, json, time, random, shutil, signal, socket, hashlib, threading, contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -60,7 +60,7 @@ class NonFiniteError(RuntimeError):
 
 
 class RunRefused(RuntimeError):
-    "The run cannot start or continue as asked (in use, finished, or its config differs); the message says why."
+    "The run cannot start or continue as asked (in use, finished, config differs); the message says why."
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -76,11 +76,15 @@ _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
+_FIRED: set = set()
+
+
 def _fault(point: str, step: int):
-    "Test hook: with ALIGNBOOK_FAULT='POINT:STEP:SIGNAL[,…]' send SIGNAL to this process at POINT of step STEP."
-    for spec in filter(None, os.environ.get("ALIGNBOOK_FAULT", "").split(",")):
+    "Test hook: ALIGNBOOK_FAULT='POINT:STEP:SIGNAL[,…]' sends SIGNAL to this process at POINT of STEP, once."
+    for i, spec in enumerate(filter(None, os.environ.get("ALIGNBOOK_FAULT", "").split(","))):
         where, at, sig = spec.split(":")
-        if where == point and int(at) == step:
+        if where == point and int(at) == step and (spec, i) not in _FIRED:
+            _FIRED.add((spec, i))
             os.kill(os.getpid(), getattr(signal, "SIG" + sig))
 
 
@@ -99,7 +103,7 @@ def _fsync(path):
 
 
 def atomic_write(path, data: str | bytes) -> Path:
-    "Write `data` to `path` through a temporary file, fsync and rename: a crash leaves the old file or the new."
+    "Write `data` to `path` via a temporary file, fsync and rename: a crash leaves the old file or the new."
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -288,7 +292,7 @@ _STOP: dict = {"signal": None, "depth": 0}
 
 @contextlib.contextmanager
 def deferred_signals():
-    "While inside, SIGINT/SIGTERM ask the training loop to stop after the current step; a second one stops at once."
+    "Inside, SIGINT/SIGTERM ask the loop to stop after the current step; a second one stops at once."
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -305,8 +309,8 @@ def deferred_signals():
             raise KeyboardInterrupt
         _STOP["signal"] = signum
         print(
-            f"\nalignbook: {signal.Signals(signum).name}: finishing the current step, then saving a checkpoint "
-            f"(send it again to stop at once; the last checkpoint is kept)",
+            f"\nalignbook: {signal.Signals(signum).name}: finishing the current step, then saving a "
+            f"checkpoint (send it again to stop at once; the last checkpoint is kept)",
             file=sys.stderr,
         )
 
@@ -338,6 +342,7 @@ class Trainer:
     ):
         self.cfg, self.loss_fn, self.train_data, self.collate_fn = cfg, loss_fn, train_data, collate_fn
         self.eval_fn, self.weight_fn = eval_fn, weight_fn
+        _FIRED.clear()  # test faults fire once per run
         od = out_dir or cfg.get("out_dir")
         self.out_dir = Path(od) if od else None
         set_seed(cfg.seed)
@@ -421,7 +426,7 @@ class Trainer:
         return float(norm)
 
     def log(self, metrics: dict):
-        "Append `{step, **metrics}` to metrics.jsonl (main process, flushed to disk) and show it on the progress bar."
+        "Append `{step, **metrics}` to metrics.jsonl (main process, fsynced) and show it on the progress bar."
         row = {"step": self.step, **{k: _item(v) for k, v in metrics.items()}}
         if self.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -447,7 +452,7 @@ class Trainer:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.requires_grad)
 
     def save_checkpoint(self) -> Path | None:
-        "Save weights, optimiser, schedule, RNG, data position and unlogged metrics as out_dir/checkpoint-STEP, atomically."
+        "Save weights, optimiser, schedule, RNG, data position, unlogged metrics as checkpoint-STEP, atomically."
         if self.out_dir is None:
             return None
         self.accelerator.wait_for_everyone()
@@ -522,7 +527,7 @@ class Trainer:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
 
     def _choose_checkpoint(self) -> Path | None:
-        "The newest intact checkpoint; newer damaged ones are reported by name and renamed to checkpoint-N.damaged."
+        "The newest intact checkpoint; newer damaged ones are reported and renamed checkpoint-N.damaged."
         for _, ck in reversed(self._checkpoints()):
             problem = checkpoint_problem(ck)
             if problem is None:
@@ -556,7 +561,8 @@ class Trainer:
             lines = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
             raise RunRefused(
                 f"{ck} was trained with a different config ({lines}). Resume with the saved values, "
-                f"pass --force-config (force_config=true) to continue with the new ones, or use another out_dir"
+                f"pass --force-config (force_config=true) to continue with the new ones, "
+                f"or use another out_dir"
             )
 
     def _set_aside_metrics(self):
@@ -600,7 +606,9 @@ class Trainer:
         rng = ck / f"rng-{self.accelerator.process_index}.pt"
         if rng.exists():
             _set_rng_state(torch.load(rng, weights_only=True))
-        self.history = [r for r in read_metrics(self.out_dir) if r["step"] <= self.step] if self.out_dir else []
+        self.history = (
+            [r for r in read_metrics(self.out_dir) if r["step"] <= self.step] if self.out_dir else []
+        )
         if self.is_main and self.out_dir is not None:  # forget log lines written after the checkpoint
             atomic_write(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.accelerator.wait_for_everyone()
@@ -608,7 +616,7 @@ class Trainer:
 
     # --- interruptions ------------------------------------------------------------------------------------
     def stop_if_requested(self, saved: bool = False):
-        "At a step boundary: if a signal asked to stop, save a checkpoint (unless `saved`) and raise TrainingInterrupted."
+        "At a step boundary: if a signal asked to stop, save (unless `saved`) and raise TrainingInterrupted."
         asked = _STOP["signal"] is not None
         if self.accelerator.num_processes > 1:  # every process stops at the same step
             flag = torch.tensor([float(asked)], device=self.device)
@@ -627,7 +635,7 @@ class Trainer:
         )
 
     def _save_consistent(self) -> Path | None:
-        "After a stop inside a step: rewind to the step's start and save, unless the weights were already updated."
+        "After a stop inside a step: rewind to the step's start and save, unless the weights were updated."
         if self._phase[0] == "between":
             return self.save_checkpoint() if self._weights_finite() else None
         if self._phase[0] != "step" or self._updating or self.step != self._phase[1]:
@@ -695,8 +703,10 @@ class Trainer:
         "Train to cfg.max_steps (or stop at step `until`, as a crash would). Returns the last log row."
         if self.loss_fn is None or self.train_data is None or self.collate_fn is None:
             raise ValueError("fit() needs loss_fn, train_data and collate_fn")
-        lock = RunLock(self.out_dir) if self.out_dir is not None and self.is_main else contextlib.nullcontext()
-        with lock, deferred_signals():
+        lock = (
+            RunLock(self.out_dir) if self.out_dir is not None and self.is_main else contextlib.nullcontext()
+        )
+        with deferred_signals(), lock:
             if resume:
                 self.resume()
             return self._fit(until)
@@ -784,7 +794,7 @@ class Trainer:
 
 # %% ../nbs/05_train.ipynb #81470739
 def read_metrics(out_dir) -> list[dict]:
-    "Rows of out_dir/metrics.jsonl (or of the given .jsonl file); a damaged line (a crash mid-write) is dropped with a message."
+    "Rows of out_dir/metrics.jsonl (or the given .jsonl); a line damaged by a crash is dropped, with a note."
     p = Path(out_dir)
     p = p / "metrics.jsonl" if p.is_dir() else p
     if not p.exists():
@@ -800,7 +810,10 @@ def read_metrics(out_dir) -> list[dict]:
             row = None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             what = "its half-written last line" if i == len(lines) else f"damaged line {i}"
-            print(f"alignbook: {p}: dropped {what} ({line[:60]!r}); a run was stopped while writing it", file=sys.stderr)
+            print(
+                f"alignbook: {p}: dropped {what} ({line[:60]!r}); a run was stopped while writing it",
+                file=sys.stderr,
+            )
             continue
         rows.append(row)
     return rows
