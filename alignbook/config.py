@@ -261,7 +261,7 @@ CONSTRAINTS: dict[str, tuple[Callable, str]] = {
     "max_new_tokens": _GE1,
     "temperature": _GT0,
     "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "gamma": _UNIT,
+    "gamma": _GE0,  # a discount in RL, a reward margin in SIMPO: only the sign is common
     "lam": _UNIT,
 }
 NULLABLE = {"ref_model", "dataset", "out_dir", "n_train", "max_prompt_length"}  # None means "not set" / "all"
