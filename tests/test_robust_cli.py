@@ -192,3 +192,18 @@ def test_signal_exits_with_its_code_and_the_rerun_resumes(tmp_path, toy_objectiv
         printed["summary"]["loss"], float
     )
     assert os.path.exists(tmp_path / FINISHED)
+
+
+def test_image_preferences_from_a_jsonl_of_image_paths(tmp_path):
+    from PIL import Image
+    from alignbook.diffusion.prefs import load_pickapic
+
+    for i in range(2):
+        Image.new("L", (8, 8), 100 * i).save(tmp_path / f"{i}.png")
+    rec = {"jpg_0": "0.png", "jpg_1": "1.png", "label_0": 1, "label_1": 0, "caption": "a digit"}
+    (tmp_path / "p.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "jpg_1": "2.png"}) + "\n")
+    with pytest.raises(ValueError, match="row 1, field 'jpg_1': image file .*2.png not found"):
+        load_pickapic(tmp_path / "p.jsonl")
+    (tmp_path / "p.jsonl").write_text(json.dumps(rec) + "\n")
+    ds = load_pickapic(tmp_path / "p.jsonl")
+    assert len(ds) == 1 and ds[0]["jpg_0"][:4] == b"\x89PNG"

@@ -1,5 +1,5 @@
-"Ctrl-C, SIGTERM and kill -9 on `alignbook train` for SFT, DPO, GRPO and Diffusion-DPO: resumed runs end bit for bit
-where uninterrupted ones do (issue 16 item 1). Minutes on two cores: run with ALIGNBOOK_SLOW=1."
+"""Ctrl-C, SIGTERM and kill -9 on `alignbook train` for SFT, DPO, GRPO and Diffusion-DPO: resumed runs end
+bit for bit where uninterrupted ones do (issue 16 item 1). Minutes on two cores: run with ALIGNBOOK_SLOW=1."""
 
 import os, signal, subprocess, sys
 import pytest, torch
@@ -17,7 +17,14 @@ CASES = {
         ["checkpoint:2:KILL", "update:3:TERM"],
     ),
     "grpo": (
-        ["max_steps=3", "hands_per_step=2", "group_size=2", "max_new_tokens=12", "eval_size=4", "save_every=1"],
+        [
+            "max_steps=3",
+            "hands_per_step=2",
+            "group_size=2",
+            "max_new_tokens=12",
+            "eval_size=4",
+            "save_every=1",
+        ],
         ["checkpoint:2:KILL", "mid_step:3:INT"],
     ),
     "diffusion-dpo": (
