@@ -38,6 +38,10 @@ def _columns(ds) -> list[str]:
 
 # %% ../nbs/03_data.ipynb #aed42346
 def _check_text(v: Any, i: int, field: str, allow_empty: bool = False):
+    if v is None:
+        raise DataFormatError(
+            f"row {i}, field {field!r}: missing (null); fill in the {field} or drop the row"
+        )
     if isinstance(v, str):
         if not allow_empty and not v.strip():
             raise DataFormatError(
@@ -185,21 +189,12 @@ def _json_records(path: Path) -> list[tuple[str, Any]]:
 
 
 def _check_records(items: list[tuple[str, Any]]) -> list[dict]:
-    "Every record an object with the same fields, each field of one JSON type throughout (nulls aside)."
+    "Every record an object, each field of one JSON type throughout; a field missing from a record becomes null."
     first: dict[str, tuple[str, str]] = {}  # field -> (type, where first seen)
-    fields, fields_at = None, None
     for where, rec in items:
         if not isinstance(rec, dict):
             raise DataFormatError(
                 f'{where}: expected a JSON object {{"field": value, …}}, got a {_json_type(rec)}'
-            )
-        if fields is None:
-            fields, fields_at = set(rec), where
-        elif set(rec) != fields:
-            extra, lack = sorted(set(rec) - fields), sorted(fields - set(rec))
-            what = f"lacks field(s) {lack}" if lack else f"has extra field(s) {extra}"
-            raise DataFormatError(
-                f"{where}: {what} compared with {fields_at}; give every record the same fields"
             )
         for k, v in rec.items():
             t = _json_type(v)
@@ -211,7 +206,8 @@ def _check_records(items: list[tuple[str, Any]]) -> list[dict]:
                     f"use one type for {k!r} in every record (e.g. all strings, or all message lists)"
                 )
             first.setdefault(k, (t, where))
-    return [rec for _, rec in items]
+    fields = list(dict.fromkeys(k for _, rec in items for k in rec))
+    return [{k: rec.get(k) for k in fields} for _, rec in items]
 
 
 def read_jsonl(path) -> list[dict]:
