@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #1e119f87
 from __future__ import annotations
-import argparse, dataclasses, json, numbers, os, signal, sys, time
+import argparse, contextlib, dataclasses, json, numbers, os, signal, sys, time
 from collections.abc import Mapping
 from pathlib import Path
 from alignbook.config import (
@@ -154,13 +154,17 @@ def cmd_train(args) -> int:
     check_data(cfg)
     old_sigterm = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        with RunLock(out):
-            check_run_dir(cfg)  # again, now that no other process can be writing there
-            (out / FINISHED).unlink(missing_ok=True)
-            atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
-            print(f"training {args.objective} ({cfg.preset} preset) → {out}", file=sys.stderr)
+        main_process = os.environ.get("RANK", "0") == "0"  # under torchrun/accelerate, rank 0 keeps the books
+        with RunLock(out) if main_process else contextlib.nullcontext():
+            if main_process:
+                check_run_dir(cfg)  # again, now that no other process can be writing there
+                (out / FINISHED).unlink(missing_ok=True)
+                atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
+                print(f"training {args.objective} ({cfg.preset} preset) → {out}", file=sys.stderr)
             result = OBJECTIVES[args.objective].train(cfg)
-            atomic_write(out / FINISHED, json.dumps({"objective": cfg.objective, "max_steps": cfg.max_steps}))
+            if main_process:
+                done = {"objective": cfg.objective, "max_steps": cfg.max_steps}
+                atomic_write(out / FINISHED, json.dumps(done))
     finally:
         signal.signal(signal.SIGTERM, old_sigterm)
     _print_json(result)
