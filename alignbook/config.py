@@ -59,18 +59,18 @@ GPU_COMMON = {
     "max_length": 1024,
     "max_prompt_length": 512,
     "batch_size": 8,
-    "grad_accum": 4,  # global batch 32 sequences, as in the TRL examples
-    "lr": 1e-5,  # a typical fine-tuning rate for a 0.5B instruct model
+    "grad_accum": 4,  # global batch 8 x 4 = 32 sequences
+    "lr": 1e-5,  # a usual fine-tuning rate at this scale (the toy model takes 100x more)
     "warmup_steps": 50,
     "max_steps": 1000,
     "scheduler": "cosine",
     "mixed_precision": "bf16",
-    "gradient_checkpointing": True,  # trades ~30% speed for activation memory at 1024 tokens
+    "gradient_checkpointing": True,  # trades speed for activation memory at 1024 tokens
     "lora": True,
     "log_every": 10,
     "save_every": 200,
     "eval_every": 200,
-    "eval_size": 234,  # the GeneralPoints evaluation set of Chu et al. 2025 has 234 hands
+    "eval_size": 234,  # the whole GeneralPoints evaluation set (gpoints.held_out_hands)
 }
 
 # %% ../nbs/00_config.ipynb #75e70149
