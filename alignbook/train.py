@@ -624,7 +624,11 @@ class Trainer:
         if not asked:
             return
         signum = _STOP["signal"] or signal.SIGINT
-        ck = self.save_checkpoint() if not saved else self.out_dir / f"checkpoint-{self.step}"
+        ck = (
+            self.save_checkpoint()
+            if not saved or self.out_dir is None
+            else self.out_dir / f"checkpoint-{self.step}"
+        )
         _STOP["signal"] = None
         where = f"saved {ck}" if ck is not None else "no out_dir, nothing saved"
         raise TrainingInterrupted(

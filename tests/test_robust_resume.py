@@ -208,3 +208,9 @@ def test_sigkill_anywhere_and_a_real_sigint_resume_exactly(reference, tmp_path):
     assert p.returncode == 0, err[-2000:]
     assert_same(reference[0], load_file(str(tmp_path / "final.safetensors")))
     assert rows(tmp_path) == reference[1]
+
+
+def test_signal_without_out_dir_stops_cleanly(monkeypatch):
+    monkeypatch.setenv("ALIGNBOOK_FAULT", "step:3:INT")
+    with pytest.raises(TrainingInterrupted, match="after step 3: no out_dir, nothing saved"):
+        make(None).fit()
