@@ -228,6 +228,7 @@ SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomia
 # ranges and choices the default's type alone does not express: key -> (check, what it expects)
 CONSTRAINTS: dict[str, tuple[Callable, str]] = {
     "preset": (lambda v: v in PRESETS, f"one of {PRESETS}"),
+    "model": (lambda v: bool(v.strip()), "a model name or path"),
     "seed": _GE0,
     "max_length": _GE1,
     "max_prompt_length": _GE1,
@@ -327,6 +328,10 @@ def validate_dataset_name(name) -> None:
     if name is None or not isinstance(name, (str, os.PathLike)):
         return
     s = os.fspath(name)
+    if not s.strip():
+        raise ValueError(
+            "dataset= is empty: give a name or a path, or dataset=null for the objective's default"
+        )
     family = s.startswith(("gpoints", "toy-digits"))
     if family and s not in SYNTHETIC_DATASETS:
         valid = ", ".join(SYNTHETIC_DATASETS)
