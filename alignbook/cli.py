@@ -4,7 +4,8 @@
 
 # %% ../nbs/90_cli.ipynb #1e119f87
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, contextlib, dataclasses, json, numbers, os, signal, sys, time
+from collections.abc import Mapping
 from pathlib import Path
 from alignbook.config import (
     OBJECTIVES,
@@ -14,26 +15,52 @@ from alignbook.config import (
     load_plugins,
     get_config,
     parse_overrides,
-    resolve_preset,
+    config_diff,
 )
 
 # %% auto #0
-__all__ = ['cmd_list', 'cmd_train', 'cmd_bench', 'cmd_eval', 'cmd_build_base', 'cmd_book', 'parser', 'main']
+__all__ = ['EXIT_OK', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED', 'EXIT_REFUSED', 'EXIT_SIGINT', 'EXIT_SIGTERM', 'FINISHED',
+           'result_summary', 'cmd_list', 'check_run_dir', 'check_data', 'cmd_train', 'cmd_bench', 'cmd_eval',
+           'cmd_build_base', 'cmd_book', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #80d87390
-def _json_default(o):
-    try:
-        return float(o)
-    except Exception:
-        return str(o)
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_REFUSED = 0, 2, 3, 4
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+FINISHED = "finished.json"  # written when a train command returns; holds the max_steps it reached
 
 
-def _print_json(d: dict):
-    print(
-        json.dumps(
-            {k: v for k, v in d.items() if k not in ("model", "history")}, indent=1, default=_json_default
-        )
-    )
+def _plain(v):
+    "`v` as JSON data (tensors and numpy numbers as floats), or a marker for what does not print (a model)."
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return v
+    if isinstance(v, numbers.Number) or getattr(v, "ndim", None) == 0:
+        return float(v)
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items() if _plain(x) is not _SKIP}
+    if isinstance(v, (list, tuple)):
+        xs = [_plain(x) for x in v]
+        return _SKIP if any(x is _SKIP for x in xs) else xs
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def result_summary(out) -> dict:
+    "What a train/bench/eval function returned, as printable JSON (any mapping or dataclass; no models)."
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        out = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    elif not isinstance(out, Mapping):
+        out = dict(out) if hasattr(out, "keys") else {"result": out}
+    return {
+        k: v for k, v in ((str(k), _plain(v)) for k, v in out.items() if k != "history") if v is not _SKIP
+    }
+
+
+def _print_json(d) -> None:
+    print(json.dumps(result_summary(d), indent=1))
 
 
 def cmd_list(args) -> int:
@@ -48,18 +75,99 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _read_json(p: Path) -> dict | None:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_run_dir(cfg) -> None:
+    "RunRefused if `cfg.out_dir` holds another objective's run, a run with another config, or a finished run."
+    from alignbook.train import RunRefused
+
+    out = Path(cfg.out_dir)
+    saved = _read_json(out / "config.json")
+    if saved is None:
+        return
+    if saved.get("objective") != cfg.objective:
+        raise RunRefused(
+            f"{out} holds a {saved.get('objective')!r} run; training {cfg.objective!r} there would mix "
+            f"the two. "
+            f"Use another --out (to start {cfg.objective} from that run's model: model={out / 'final'})"
+        )
+    if not any(out.glob("checkpoint-*")):
+        return  # nothing trained yet (a failed start): the new config simply replaces the saved one
+    diff = config_diff(saved, cfg)
+    if diff and not cfg.force_config:
+        lines = "\n".join(f"  {k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise RunRefused(
+            f"{out} was trained with a different config:\n{lines}\n"
+            f"Rerun with the saved values to resume, add --force-config to continue with the new ones, "
+            f"or use another --out"
+        )
+    done = _read_json(out / FINISHED)
+    if done and cfg.max_steps <= done.get("max_steps", 0):
+        raise RunRefused(
+            f"{out} is finished: it trained {cfg.objective} to max_steps={done['max_steps']} and saved "
+            f"{out / 'final'}. To train further, raise max_steps (e.g. `alignbook train {cfg.objective} "
+            f"--out {out} max_steps={2 * done['max_steps']}`); to start over, use another --out"
+        )
+
+
+def check_data(cfg) -> None:
+    "Read and validate a local `cfg.dataset` before any model loads, so bad data fails in seconds."
+    from alignbook.data import load_rows, guess_kind, validate_dataset
+
+    if not cfg.dataset or not Path(os.path.expanduser(str(cfg.dataset))).exists():
+        return
+    ds = load_rows(cfg.dataset)
+    kind = guess_kind(ds.column_names)
+    if kind is not None:
+        validate_dataset(ds, kind)
+
+
+def _sigterm(signum, frame):
+    from alignbook.train import TrainingInterrupted
+
+    raise TrainingInterrupted(
+        "SIGTERM outside a training step: stopped; rerun the same command to resume from the last checkpoint",
+        signal.SIGTERM,
+    )
+
+
 def cmd_train(args) -> int:
+    from alignbook.train import RunLock, atomic_write
+
     overrides = parse_overrides(args.overrides)
     if args.out:
         overrides["out_dir"] = args.out
+    if args.force_config:
+        overrides["force_config"] = True
     cfg = get_config(args.objective, args.preset, **overrides)
     if not cfg.out_dir:
         cfg = cfg.replace(out_dir=f"runs/{args.objective}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out_dir) / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
-    print(f"training {args.objective} ({cfg.preset} preset) → {cfg.out_dir}", file=sys.stderr)
-    out = OBJECTIVES[args.objective].train(cfg)
-    _print_json(out if isinstance(out, dict) else {"result": out})
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory")
+    check_run_dir(cfg)
+    check_data(cfg)
+    old_sigterm = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        main_process = os.environ.get("RANK", "0") == "0"  # under torchrun/accelerate, rank 0 keeps the books
+        with RunLock(out) if main_process else contextlib.nullcontext():
+            if main_process:
+                check_run_dir(cfg)  # again, now that no other process can be writing there
+                (out / FINISHED).unlink(missing_ok=True)
+                atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
+                print(f"training {args.objective} ({cfg.preset} preset) → {out}", file=sys.stderr)
+            result = OBJECTIVES[args.objective].train(cfg)
+            if main_process:
+                done = {"objective": cfg.objective, "max_steps": cfg.max_steps}
+                atomic_write(out / FINISHED, json.dumps(done))
+    finally:
+        signal.signal(signal.SIGTERM, old_sigterm)
+    _print_json(result)
     return 0
 
 
@@ -171,6 +279,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("objective")
     t.add_argument("--preset", default=None, help=f"one of {PRESETS} (default: $ALIGNBOOK_PRESET or toy)")
     t.add_argument("--out", default=None, help="output directory (metrics.jsonl, checkpoints, final model)")
+    t.add_argument(
+        "--force-config",
+        action="store_true",
+        help="resume --out even though the config differs from the saved one (the new values win)",
+    )
     t.add_argument("overrides", nargs="*", help="config overrides key=value")
     t.set_defaults(fn=cmd_train)
     for name, fn, kind in (("bench", cmd_bench, "benchmark"), ("eval", cmd_eval, "evaluator")):
@@ -202,8 +315,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(kind: str, e: BaseException, code: int) -> int:
+    print(f"alignbook: {kind}: {e}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `alignbook` command."
+    "Entry point of the `alignbook` command; see the table above for its exit codes."
+    from alignbook.train import NonFiniteError, RunRefused, TrainingInterrupted
+
     p = parser()
     args, extra = p.parse_known_args(argv)  # overrides may follow options: train sft --out d lr=1e-4
     if extra:
@@ -212,9 +332,16 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return args.fn(args)
+    except RunRefused as e:
+        return _error("refused", e, EXIT_REFUSED)
+    except NonFiniteError as e:
+        return _error("training diverged", e, EXIT_DIVERGED)
+    except TrainingInterrupted as e:
+        return _error("interrupted", e, EXIT_SIGTERM if e.signum == signal.SIGTERM else EXIT_SIGINT)
+    except KeyboardInterrupt:
+        return _error("interrupted", "stopped by Ctrl-C; rerun the same command to resume", EXIT_SIGINT)
     except (ValueError, KeyError) as e:
-        print(f"alignbook: error: {e}", file=sys.stderr)
-        return 2
+        return _error("error", e, EXIT_BAD_INPUT)
 
 # %% ../nbs/90_cli.ipynb #f8f6be2c
 if __name__ == "__main__" and "__file__" in globals():

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_config.ipynb #6d2ff360
 from __future__ import annotations
-import os, json, copy, importlib, pkgutil
+import os, json, copy, numbers, importlib, pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['PRESETS', 'COMMON', 'GPU_COMMON', 'OBJECTIVES', 'BENCHMARKS', 'EVALUATORS', 'Config', 'Objective',
-           'register_objective', 'register_benchmark', 'register_evaluator', 'load_plugins', 'resolve_preset',
-           'get_config', 'parse_value', 'parse_overrides', 'check_layering']
+__all__ = ['PRESETS', 'COMMON', 'GPU_COMMON', 'OBJECTIVES', 'BENCHMARKS', 'EVALUATORS', 'SCHEDULERS', 'CONSTRAINTS', 'NULLABLE',
+           'LIST_OR_STR', 'SYNTHETIC_DATASETS', 'RESUMABLE_KEYS', 'Config', 'Objective', 'register_objective',
+           'register_benchmark', 'register_evaluator', 'load_plugins', 'resolve_preset', 'get_config', 'parse_value',
+           'parse_overrides', 'validate_override', 'validate_dataset_name', 'config_diff', 'check_layering']
 
 # %% ../nbs/00_config.ipynb #032e4fb9
 PRESETS = ("toy", "gpu")
@@ -21,54 +22,55 @@ COMMON = {
     "objective": None,
     "preset": "toy",
     "seed": 0,
-    "model": "toy-base",
-    "ref_model": None,
-    "dataset": None,
-    "max_length": 128,
+    "model": "toy-base",  # the book's own small pretrained model, shipped with the package
+    "ref_model": None,  # None: the reference is the starting policy (or the base under LoRA)
+    "dataset": None,  # None: the objective's synthetic GeneralPoints / toy-digits data
+    "max_length": 128,  # prompt + completion tokens; the toy task's rows are far shorter
     "max_prompt_length": 96,
     # optimisation
     "batch_size": 32,
     "grad_accum": 1,
-    "lr": 1e-3,
+    "lr": 1e-3,  # large, as suits a small model trained from a good start for minutes
     "weight_decay": 0.0,
     "warmup_steps": 0,
     "max_steps": 100,
     "scheduler": "constant",
     "max_grad_norm": 1.0,
-    "mixed_precision": "no",
+    "mixed_precision": "no",  # fp32 on CPU; the gpu preset uses bf16
     "gradient_checkpointing": False,
     # LoRA (peft)
-    "lora": False,
+    "lora": False,  # the toy model is small enough to train every weight
     "lora_r": 16,
-    "lora_alpha": 32,
+    "lora_alpha": 32,  # alpha / r = 2, the usual scaling
     "lora_dropout": 0.0,
     "lora_targets": "all-linear",
     # bookkeeping
     "out_dir": None,
     "log_every": 10,
-    "save_every": 0,
+    "save_every": 0,  # 0: checkpoint only at the end (and on Ctrl-C / SIGTERM)
     "eval_every": 0,
     "eval_size": 64,
     "device": "auto",
+    "force_config": False,  # resume although the saved config differs (alignbook train --force-config)
 }
 
 GPU_COMMON = {
-    "model": "Qwen/Qwen2.5-0.5B-Instruct",
+    "model": "Qwen/Qwen2.5-0.5B-Instruct",  # small enough for one 24 GB GPU, good enough to judge
     "max_length": 1024,
     "max_prompt_length": 512,
     "batch_size": 8,
-    "grad_accum": 4,
-    "lr": 1e-5,
+    "grad_accum": 4,  # global batch 8 x 4 = 32 sequences
+    "lr": 1e-5,  # a usual fine-tuning rate at this scale (the toy model takes 100x more)
     "warmup_steps": 50,
     "max_steps": 1000,
     "scheduler": "cosine",
     "mixed_precision": "bf16",
-    "gradient_checkpointing": True,
+    "gradient_checkpointing": True,  # trades speed for activation memory at 1024 tokens
     "lora": True,
     "log_every": 10,
     "save_every": 200,
     "eval_every": 200,
-    "eval_size": 234,
+    "eval_size": 234,  # the whole GeneralPoints evaluation set (gpoints.held_out_hands)
 }
 
 # %% ../nbs/00_config.ipynb #75e70149
@@ -174,7 +176,7 @@ def _objective(name: str) -> Objective:
 
 
 def get_config(objective: str, preset: str | None = None, **overrides) -> Config:
-    "The config for `objective` in `preset` (see `resolve_preset`), with `overrides` applied."
+    "The config for `objective` in `preset` (see `resolve_preset`), with `overrides` checked and applied."
     preset = resolve_preset(preset)
     obj = _objective(objective)
     d = dict(COMMON)
@@ -187,7 +189,9 @@ def get_config(objective: str, preset: str | None = None, **overrides) -> Config
         raise ValueError(
             f"unknown config key(s) {bad} for objective {objective!r}; valid keys: {', '.join(sorted(d))}"
         )
-    d.update(overrides)
+    d.update({k: validate_override(k, v, d[k]) for k, v in overrides.items()})
+    if "dataset" in overrides:
+        validate_dataset_name(d["dataset"])
     return Config(d)
 
 # %% ../nbs/00_config.ipynb #d328d37c
@@ -213,6 +217,147 @@ def parse_overrides(args: list[str]) -> dict:
             raise ValueError(f"override {a!r} has an empty key")
         out[k.strip()] = parse_value(v)
     return out
+
+# %% ../nbs/00_config.ipynb #7c0f1a02
+_GE0 = (lambda v: v >= 0, "a number >= 0")
+_GE1 = (lambda v: v >= 1, "an integer >= 1")
+_GT0 = (lambda v: v > 0, "a number > 0")
+_UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
+
+# ranges and choices the default's type alone does not express: key -> (check, what it expects)
+CONSTRAINTS: dict[str, tuple[Callable, str]] = {
+    "preset": (lambda v: v in PRESETS, f"one of {PRESETS}"),
+    "model": (lambda v: bool(v.strip()), "a model name or path"),
+    "seed": _GE0,
+    "max_length": _GE1,
+    "max_prompt_length": _GE1,
+    "batch_size": _GE1,
+    "grad_accum": _GE1,
+    "lr": _GT0,
+    "weight_decay": _GE0,
+    "warmup_steps": _GE0,
+    "max_steps": _GE1,
+    "scheduler": (lambda v: v in SCHEDULERS, f"one of {SCHEDULERS}"),
+    "max_grad_norm": _GE0,
+    "mixed_precision": (lambda v: v in ("no", "fp16", "bf16"), "one of ('no', 'fp16', 'bf16')"),
+    "lora_r": _GE1,
+    "lora_alpha": _GT0,
+    "lora_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "log_every": _GE1,
+    "save_every": _GE0,
+    "eval_every": _GE0,
+    "eval_size": _GE0,
+    "device": (
+        lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"),
+        "auto, cpu, cuda[:N] or mps",
+    ),
+    "n_train": _GE1,
+    "n_eval": _GE0,
+    "n_pairs": _GE1,
+    "beta": _GE0,
+    "group_size": _GE1,
+    "hands_per_step": _GE1,
+    "num_iterations": _GE1,
+    "max_new_tokens": _GE1,
+    "temperature": _GT0,
+    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "gamma": _GE0,  # a discount in RL, a reward margin in SIMPO: only the sign is common
+    "lam": _UNIT,
+}
+NULLABLE = {"ref_model", "dataset", "out_dir", "n_train", "max_prompt_length"}  # None means "not set" / "all"
+LIST_OR_STR = {"lora_targets"}  # a preset name ('all-linear') or a list of module names
+
+# the names of the book's synthetic datasets; any other name is a local path or a Hugging Face Hub id
+SYNTHETIC_DATASETS = {
+    "gpoints": "GeneralPoints preference pairs (preference objectives)",
+    "gpoints-id": "GeneralPoints demonstrations under the in-distribution rule (sft)",
+    "gpoints-ood": "GeneralPoints demonstrations under the out-of-distribution rule (sft)",
+    "toy-digits-ink": "digits-flow sample pairs labelled by the toy human's 'ink' taste (image objectives)",
+    "toy-digits-crisp": "digits-flow sample pairs labelled by the 'crisp' taste (image objectives)",
+}
+_DATA_FILES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
+
+
+def _example(key: str, default) -> str:
+    return f"{key}={json.dumps(default)}" if not isinstance(default, str) else f"{key}={default}"
+
+
+def validate_override(key: str, value, default) -> Any:
+    "Check one override against the preset's default (type) and CONSTRAINTS (range); returns the value."
+    if value is None:
+        if default is None or key in NULLABLE:
+            return value
+        raise ValueError(f"{key}=null: {key} needs a value, e.g. {_example(key, default)}")
+    if default is None:
+        pass
+    elif isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}={value!r}: expected true or false, e.g. {_example(key, default)}")
+    elif isinstance(default, numbers.Integral):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{key}={value!r}: expected an integer, e.g. {_example(key, default)}")
+    elif isinstance(default, numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{key}={value!r}: expected a number, e.g. {_example(key, default)}")
+    elif isinstance(default, str):
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        ok = isinstance(value, str) or key in LIST_OR_STR and isinstance(value, (list, tuple))
+        if not ok:
+            raise ValueError(f"{key}={value!r}: expected text, e.g. {_example(key, default)}")
+    elif not isinstance(value, type(default)):
+        raise ValueError(
+            f"{key}={value!r}: expected a {type(default).__name__}, e.g. {_example(key, default)}"
+        )
+    if key in CONSTRAINTS:
+        check, expects = CONSTRAINTS[key]
+        try:
+            ok = bool(check(value))
+        except (TypeError, AttributeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{key}={value!r}: expected {expects}, e.g. {_example(key, default)}")
+    return value
+
+
+def validate_dataset_name(name) -> None:
+    "A synthetic dataset name must be one of SYNTHETIC_DATASETS; a path that looks local must exist."
+    if name is None or not isinstance(name, (str, os.PathLike)):
+        return
+    s = os.fspath(name)
+    if not s.strip():
+        raise ValueError(
+            "dataset= is empty: give a name or a path, or dataset=null for the objective's default"
+        )
+    family = s.startswith(("gpoints", "toy-digits"))
+    if family and s not in SYNTHETIC_DATASETS:
+        valid = ", ".join(SYNTHETIC_DATASETS)
+        raise ValueError(
+            f"dataset={s}: unknown synthetic dataset; valid names: {valid} "
+            f"(or a local .jsonl/.json/.csv/.parquet file or directory, or a Hugging Face Hub id)"
+        )
+    local = s.startswith((".", "/", "~")) or s.endswith(_DATA_FILES) or s.count("/") > 1
+    if local and not family and not os.path.exists(os.path.expanduser(s)):
+        raise ValueError(
+            f"dataset={s}: no such file or directory; give the path of a .jsonl/.json/.csv/.parquet file "
+            f"or of a data directory"
+        )
+
+
+RESUMABLE_KEYS = frozenset(
+    {"max_steps", "out_dir", "log_every", "save_every", "eval_every", "eval_size", "device", "force_config"}
+)
+
+
+def config_diff(saved: dict, new: dict, ignore=RESUMABLE_KEYS) -> dict:
+    "{key: (saved value, new value)} for the keys, outside `ignore`, whose values differ between two configs."
+    a, b = (json.loads(json.dumps(dict(d), default=str)) for d in (saved, new))
+    return {
+        k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)
+    }
 
 # %% ../nbs/00_config.ipynb #59ce9eb6
 def check_layering(fn: Callable) -> str:

@@ -4,12 +4,15 @@
 
 # %% ../nbs/03_data.ipynb #ecaf280d
 from __future__ import annotations
+import os, json
+from pathlib import Path
 from typing import Any, Iterable
 import torch
 
 # %% auto #0
-__all__ = ['KINDS', 'ROLES', 'DataFormatError', 'validate_dataset', 'render_prompt', 'render_example', 'tokenize_sft',
-           'tokenize_preference', 'tokenize_unpaired', 'pad', 'collate_sft', 'collate_preference']
+__all__ = ['KINDS', 'ROLES', 'DATA_SUFFIXES', 'DataFormatError', 'validate_dataset', 'read_jsonl', 'load_rows', 'guess_kind',
+           'render_prompt', 'render_example', 'tokenize_sft', 'tokenize_preference', 'tokenize_unpaired', 'pad',
+           'collate_sft', 'collate_preference']
 
 # %% ../nbs/03_data.ipynb #f4787f4e
 KINDS = {
@@ -31,10 +34,14 @@ def _rows(ds) -> Iterable[dict]:
 def _columns(ds) -> list[str]:
     if hasattr(ds, "column_names"):
         return list(ds.column_names)
-    return list(ds[0].keys()) if len(ds) else []
+    return list(ds[0].keys()) if len(ds) and isinstance(ds[0], dict) else []
 
 # %% ../nbs/03_data.ipynb #aed42346
 def _check_text(v: Any, i: int, field: str, allow_empty: bool = False):
+    if v is None:
+        raise DataFormatError(
+            f"row {i}, field {field!r}: missing (null); fill in the {field} or drop the row"
+        )
     if isinstance(v, str):
         if not allow_empty and not v.strip():
             raise DataFormatError(
@@ -89,6 +96,11 @@ def validate_dataset(ds, kind: str, tokenizer=None, max_length: int | None = Non
         )
     style = None
     for i, r in enumerate(_rows(ds)):
+        if not isinstance(r, dict):
+            raise DataFormatError(f"row {i}: expected a dict of fields {list(need)}, got {type(r).__name__}")
+        lack = [f for f in need if f not in r]
+        if lack:
+            raise DataFormatError(f"row {i}: missing field(s) {lack}; every row needs {list(need)}")
         styles = {f: _check_text(r[f], i, f, allow_empty=(f == "prompt")) for f in need if f != "label"}
         if len(set(styles.values())) > 1:
             raise DataFormatError(
@@ -117,6 +129,182 @@ def validate_dataset(ds, kind: str, tokenizer=None, max_length: int | None = Non
                     f"raise max_length, shorten the prompt, or filter long rows out"
                 )
     return style
+
+# %% ../nbs/03_data.ipynb #3d0a1a02
+DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_SAVED = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def _json_type(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    return {str: "string", int: "number", float: "number", list: "list", dict: "object"}[type(v)]
+
+
+def _decode_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg.startswith("Unterminated string") or e.pos >= len(text.rstrip()) - 1:
+            raise DataFormatError(
+                f"{where}: the JSON is cut off ({e.msg}); the file was truncated while being written: "
+                f"complete or delete the last record"
+            ) from None
+        raise DataFormatError(
+            f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix the quoting or commas of that record"
+        ) from None
+
+
+def _json_records(path: Path) -> list[tuple[str, Any]]:
+    "(location, record) pairs of a .jsonl file (or a .json array); decoding errors name the line."
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    if not raw.strip():
+        raise DataFormatError(
+            f"{path}: the file is empty; write one JSON object per line, or point to the right file"
+        )
+    lines = raw.split(b"\n")
+    texts = []
+    for n, line in enumerate(lines, 1):
+        try:
+            texts.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataFormatError(
+                f"{path}, line {n}: not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1}); "
+                f"re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`)"
+            ) from None
+    if path.suffix == ".json" and texts[0].lstrip().startswith("["):
+        recs = _decode_json("\n".join(texts), f"{path}")
+        if not isinstance(recs, list):
+            raise DataFormatError(f"{path}: expected a JSON list of objects, got a {_json_type(recs)}")
+        return [(f"{path}, record {i}", r) for i, r in enumerate(recs)]
+    return [
+        (f"{path}, line {n}", _decode_json(t, f"{path}, line {n}"))
+        for n, t in enumerate(texts, 1)
+        if t.strip()
+    ]
+
+
+def _check_records(items: list[tuple[str, Any]]) -> list[dict]:
+    "Every record an object, each field of one JSON type throughout; a field missing from a record becomes null."
+    first: dict[str, tuple[str, str]] = {}  # field -> (type, where first seen)
+    for where, rec in items:
+        if not isinstance(rec, dict):
+            raise DataFormatError(
+                f'{where}: expected a JSON object {{"field": value, …}}, got a {_json_type(rec)}'
+            )
+        for k, v in rec.items():
+            t = _json_type(v)
+            if t == "null":
+                continue
+            if k in first and first[k][0] != t:
+                raise DataFormatError(
+                    f"{where}, field {k!r}: is a {t} but {first[k][1]} has a {first[k][0]}; "
+                    f"use one type for {k!r} in every record (e.g. all strings, or all message lists)"
+                )
+            first.setdefault(k, (t, where))
+    fields = list(dict.fromkeys(k for _, rec in items for k in rec))
+    return [{k: rec.get(k) for k in fields} for _, rec in items]
+
+
+def read_jsonl(path) -> list[dict]:
+    "Records of a .jsonl (or .json) file, checked: UTF-8, whole JSON objects, one set of fields and types."
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(
+            f"{path}: no such file; check the path (relative paths start from the current directory)"
+        )
+    return _check_records(_json_records(path))
+
+
+def _from_records(records: list[dict], where):
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list(records)
+    except Exception as e:  # Arrow cannot hold nested values of different shapes in one column
+        raise DataFormatError(
+            f"{where}: the records do not fit one table ({type(e).__name__}: {str(e)[:200]}); "
+            f"give nested fields (message lists) the same shape in every record"
+        ) from None
+
+
+def _load_files(files: list[Path], where):
+    from datasets import load_dataset
+
+    kinds = {DATA_SUFFIXES[f.suffix] for f in files}
+    if len(kinds) > 1:
+        raise DataFormatError(f"{where}: mixes file types {sorted(kinds)}; keep one format per dataset")
+    if kinds == {"json"}:
+        items = [it for f in files for it in _json_records(f)]
+        return _from_records(_check_records(items), where)
+    for f in files:
+        if f.stat().st_size == 0:
+            raise DataFormatError(f"{f}: the file is empty; point to the right file or remove it")
+    try:
+        ds = load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8"
+        ) from None
+    except Exception as e:
+        raise DataFormatError(f"{where}: could not be read ({type(e).__name__}: {str(e)[:200]})") from None
+    if len(ds) == 0:
+        raise DataFormatError(f"{where}: no rows; point to the right file")
+    return ds
+
+
+def load_rows(name_or_path, split: str = "train"):
+    "A Dataset from a .jsonl/.json/.csv/.parquet file, a folder of them, a save_to_disk folder or the Hub."
+    s = os.fspath(name_or_path)
+    p = Path(os.path.expanduser(s))
+    if p.is_dir():
+        if any((p / f).exists() for f in _SAVED):
+            from datasets import load_from_disk
+
+            ds = load_from_disk(str(p))
+            return ds[split] if hasattr(ds, "keys") else ds
+        files = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file()
+            and f.suffix in DATA_SUFFIXES
+            and not any(x.startswith(".") for x in f.relative_to(p).parts)
+        )
+        if not files:
+            raise DataFormatError(
+                f"{p}: a directory without data files ({', '.join(DATA_SUFFIXES)}); put the data there, "
+                f"or pass the file itself as dataset=FILE.jsonl"
+            )
+        return _load_files(files, p)
+    if p.is_file():
+        if p.suffix not in DATA_SUFFIXES:
+            raise DataFormatError(f"{p}: unsupported file type {p.suffix!r}; use {', '.join(DATA_SUFFIXES)}")
+        return _load_files([p], p)
+    if s.startswith((".", "/", "~")) or p.suffix in DATA_SUFFIXES or s.count("/") > 1:
+        raise DataFormatError(f"{p}: no such file or directory; check the path")
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(s, split=split)
+    except Exception as e:
+        raise DataFormatError(
+            f"dataset {s!r} is not a local file or directory, and loading it from the Hugging Face Hub "
+            f"failed "
+            f"({type(e).__name__}: {str(e)[:200]}); check the name, or pass a local .jsonl file"
+        ) from None
+
+
+def guess_kind(columns) -> str | None:
+    "The data kind ('sft', 'preference', 'unpaired') whose columns `columns` hold, or None."
+    cols = set(columns)
+    for kind in ("unpaired", "preference", "sft"):
+        if set(KINDS[kind]) <= cols:
+            return kind
+    return None
 
 # %% ../nbs/03_data.ipynb #a5b47d9a
 def render_prompt(prompt, tokenizer) -> str:

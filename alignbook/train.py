@@ -4,9 +4,9 @@
 
 # %% ../nbs/05_train.ipynb #6610dff0
 from __future__ import annotations
-import os, json, math, time, random, shutil, contextlib
+import os, re, sys, json, time, random, shutil, signal, socket, hashlib, threading, contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -14,8 +14,15 @@ from safetensors.torch import save_file, load_file
 from transformers import get_scheduler
 from tqdm.auto import tqdm
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs on one directory are then not guarded
+    fcntl = None
+
 # %% auto #0
-__all__ = ['set_seed', 'NonFiniteError', 'BatchCursor', 'Trainer', 'read_metrics', 'plot_metrics']
+__all__ = ['MANIFEST', 'LOCK_FILE', 'set_seed', 'NonFiniteError', 'RunRefused', 'TrainingInterrupted', 'atomic_write',
+           'file_sha256', 'write_manifest', 'checkpoint_problem', 'RunLock', 'BatchCursor', 'deferred_signals',
+           'Trainer', 'read_metrics', 'plot_metrics']
 
 # %% ../nbs/05_train.ipynb #106ffd76
 def set_seed(seed: int):
@@ -50,6 +57,159 @@ def _set_rng_state(st: dict):
 
 class NonFiniteError(RuntimeError):
     "Training produced a NaN or inf; raised instead of continuing silently."
+
+
+class RunRefused(RuntimeError):
+    "The run cannot start or continue as asked (in use, finished, config differs); the message says why."
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    "SIGINT/SIGTERM stopped training after a whole step; a checkpoint was saved and the same command resumes."
+
+    def __init__(self, msg: str, signum: int = signal.SIGINT, step: int = 0):
+        super().__init__(msg)
+        self.signum, self.step = signum, step
+
+# %% ../nbs/05_train.ipynb #5e1f0a02
+MANIFEST, LOCK_FILE = "manifest.json", ".lock"
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+_FIRED: set = set()
+
+
+def _fault(point: str, step: int):
+    "Test hook: ALIGNBOOK_FAULT='POINT:STEP:SIGNAL[,…]' sends SIGNAL to this process at POINT of STEP, once."
+    for i, spec in enumerate(filter(None, os.environ.get("ALIGNBOOK_FAULT", "").split(","))):
+        where, at, sig = spec.split(":")
+        if where == point and int(at) == step and (spec, i) not in _FIRED:
+            _FIRED.add((spec, i))
+            os.kill(os.getpid(), getattr(signal, "SIG" + sig))
+
+
+def _fsync(path):
+    "Flush `path` (a file or a directory's entries) to disk; a no-op where the OS does not allow it."
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, data: str | bytes) -> Path:
+    "Write `data` to `path` via a temporary file, fsync and rename: a crash leaves the old file or the new."
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+    return path
+
+
+def file_sha256(path) -> str:
+    "Hex SHA-256 of a file, read in 1 MiB blocks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(ck) -> dict:
+    "Record the size and SHA-256 of every file of checkpoint directory `ck` in `ck/manifest.json`."
+    ck = Path(ck)
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(ck.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    atomic_write(ck / MANIFEST, json.dumps({"files": files}, indent=1))
+    return files
+
+
+def checkpoint_problem(ck) -> str | None:
+    "None when checkpoint directory `ck` is intact, else what is wrong (the file that is missing or damaged)."
+    ck = Path(ck)
+    try:
+        files = json.loads((ck / MANIFEST).read_text())["files"]
+    except FileNotFoundError:  # saved before checksums existed: check that the files are at least there
+        missing = [n for n in _CHECKPOINT_FILES if not (ck / n).is_file() or not (ck / n).stat().st_size]
+        return f"{missing[0]} is missing or empty" if missing else None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"{MANIFEST} is damaged"
+    for name in _CHECKPOINT_FILES:
+        if name not in files:
+            return f"{name} is not listed in {MANIFEST}"
+    for name, meta in files.items():
+        p = ck / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != meta["bytes"]:
+            return f"{name} has {p.stat().st_size} bytes, {meta['bytes']} expected (truncated or overwritten)"
+        if file_sha256(p) != meta["sha256"]:
+            return f"{name} fails its SHA-256 check (corrupted)"
+    return None
+
+
+_HELD_LOCKS: dict[str, list] = {}
+
+
+class RunLock:
+    "An exclusive lock on a run directory (`fcntl` on out_dir/.lock), re-entrant within one process."
+
+    def __init__(self, out_dir):
+        self.path = Path(out_dir) / LOCK_FILE
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def acquire(self):
+        if fcntl is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD_LOCKS:
+            _HELD_LOCKS[key][1] += 1
+            return
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunRefused(
+                f"{self.path.parent} is in use: {holder} is training there. Wait for it to finish "
+                f"(or stop it: Ctrl-C saves a checkpoint), or choose another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        _HELD_LOCKS[key] = [f, 1]
+
+    def release(self):
+        key = str(self.path.resolve())
+        if key not in _HELD_LOCKS:
+            return
+        _HELD_LOCKS[key][1] -= 1
+        if _HELD_LOCKS[key][1] == 0:
+            f = _HELD_LOCKS.pop(key)[0]
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
 
 # %% ../nbs/05_train.ipynb #90ca2b66
 class BatchCursor:
@@ -122,6 +282,48 @@ def _item(v) -> float:
     return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
 
 
+def _checkpoint_step(p: Path) -> int | None:
+    m = _CHECKPOINT.fullmatch(p.name)
+    return int(m.group(1)) if m else None
+
+
+_STOP: dict = {"signal": None, "depth": 0}
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    "Inside, SIGINT/SIGTERM ask the loop to stop after the current step; a second one stops at once."
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    if _STOP["depth"]:  # nested (a train function inside the CLI's guard): the outer handlers stay
+        _STOP["depth"] += 1
+        try:
+            yield
+        finally:
+            _STOP["depth"] -= 1
+        return
+
+    def handler(signum, frame):
+        if _STOP["signal"] is not None:
+            raise KeyboardInterrupt
+        _STOP["signal"] = signum
+        print(
+            f"\nalignbook: {signal.Signals(signum).name}: finishing the current step, then saving a "
+            f"checkpoint (send it again to stop at once; the last checkpoint is kept)",
+            file=sys.stderr,
+        )
+
+    _STOP.update(signal=None, depth=1)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _STOP["depth"] = 0
+
+
 class Trainer:
     "The shared training loop: accumulation, precision, checkpoints, exact resume, metrics, NaN guard."
 
@@ -140,6 +342,7 @@ class Trainer:
     ):
         self.cfg, self.loss_fn, self.train_data, self.collate_fn = cfg, loss_fn, train_data, collate_fn
         self.eval_fn, self.weight_fn = eval_fn, weight_fn
+        _FIRED.clear()  # test faults fire once per run
         od = out_dir or cfg.get("out_dir")
         self.out_dir = Path(od) if od else None
         set_seed(cfg.seed)
@@ -161,7 +364,7 @@ class Trainer:
             num_warmup_steps=cfg.get("warmup_steps", 0),
             num_training_steps=cfg.max_steps,
         )
-        self.step, self.state = 0, {}
+        self.step, self.state, self.history = 0, {}, []
         self.cursor = (
             BatchCursor(
                 len(train_data),
@@ -175,7 +378,10 @@ class Trainer:
             else None
         )
         self.pbar = None
-        self._last_log = time.perf_counter()
+        self.finished = False  # the final evaluation and checkpoint of cfg.max_steps are written
+        self._window: list[dict] = []  # per-step metrics not yet averaged into a log line
+        self._phase: tuple = ("between",)  # where fit() is: between steps, inside one, or after one
+        self._updating = False  # inside optimizer.step(): the weights are half-updated
 
     @property
     def is_main(self) -> bool:
@@ -190,10 +396,12 @@ class Trainer:
         "Backpropagate `loss`, refusing non-finite values."
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteError(
-                f"non-finite loss {loss.item()} at step {self.step + 1}: lower lr (now {self.cfg.lr}), "
-                f"check the data for empty completions, or use fp32 (mixed_precision='no')"
+                f"non-finite loss {loss.detach().float().mean().item()} at step {self.step + 1}: "
+                f"lower lr (now {self.cfg.lr}), check the data for empty completions, "
+                f"or use fp32 (mixed_precision='no')"
             )
         self.accelerator.backward(loss)
+        _fault("mid_step", self.step + 1)
 
     def optimizer_step(self) -> float:
         "Clip, check the gradient norm, step optimiser and schedule; returns the pre-clip gradient norm."
@@ -208,24 +416,30 @@ class Trainer:
             raise NonFiniteError(
                 f"non-finite gradient norm at step {self.step + 1}: lower lr (now {self.cfg.lr}) or raise precision"
             )
+        self._updating = True
         self.optimizer.step()
+        _fault("update", self.step + 1)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self._updating = False
         return float(norm)
 
     def log(self, metrics: dict):
-        "Append `{step, **metrics}` to metrics.jsonl (main process) and show it on the progress bar."
+        "Append `{step, **metrics}` to metrics.jsonl (main process, fsynced) and show it on the progress bar."
         row = {"step": self.step, **{k: _item(v) for k, v in metrics.items()}}
         if self.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            _fault("log", self.step)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         if self.pbar is not None:
             self.pbar.set_postfix(
                 {k: f"{v:.4g}" for k, v in row.items() if k in ("loss", "eval/loss", "reward", "success")}
             )
-        self.history.append(row) if hasattr(self, "history") else setattr(self, "history", [row])
+        self.history.append(row)
         return row
 
     # --- checkpoints --------------------------------------------------------------------------------------
@@ -234,8 +448,11 @@ class Trainer:
             n: p.detach().contiguous().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad
         }
 
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.requires_grad)
+
     def save_checkpoint(self) -> Path | None:
-        "Save weights (safetensors), optimiser, schedule, RNG and data position under out_dir/checkpoint-STEP."
+        "Save weights, optimiser, schedule, RNG, data position, unlogged metrics as checkpoint-STEP, atomically."
         if self.out_dir is None:
             return None
         self.accelerator.wait_for_everyone()
@@ -243,47 +460,133 @@ class Trainer:
         rank = self.accelerator.process_index
         tmp = self.out_dir / f".tmp-checkpoint-{self.step}"
         if self.is_main:
+            weights = self._trainable_state()
+            if not all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point()):
+                raise NonFiniteError(
+                    f"the weights at step {self.step} are not finite; kept the last checkpoint instead of "
+                    f"saving them: lower lr (now {self.cfg.lr}) or raise precision"
+                )
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_file(self._trainable_state(), str(tmp / "model.safetensors"))
+            save_file(weights, str(tmp / "model.safetensors"))
+            _fault("checkpoint", self.step)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / "trainer_state.json").write_text(
-                json.dumps(
-                    {
-                        "step": self.step,
-                        "cursor": self.cursor.state() if self.cursor else None,
-                        "state": self.state,
-                        "config": self.cfg,
-                    },
-                    indent=1,
-                    default=str,
-                )
-            )
+            trainer_state = {
+                "step": self.step,
+                "cursor": self.cursor.state() if self.cursor else None,
+                "state": self.state,
+                "window": self._window,
+                "finished": self.finished,
+                "config": self.cfg,
+            }
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
         self.accelerator.wait_for_everyone()
         torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            shutil.rmtree(ck, ignore_errors=True)
+            for p in tmp.iterdir():
+                _fsync(p)
+            write_manifest(tmp)
+            _fsync(tmp)
+            old = self.out_dir / f".old-checkpoint-{self.step}"
+            if ck.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                ck.rename(old)
             tmp.rename(ck)
-            for old in sorted(self.out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[
-                :-2
-            ]:
-                shutil.rmtree(old, ignore_errors=True)  # keep the last two
+            _fsync(self.out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+            _fault("checkpoint_done", self.step)
+            for _, p in self._checkpoints()[:-2]:  # keep the last two
+                gone = self.out_dir / f".del-{p.name}"
+                p.rename(gone)
+                shutil.rmtree(gone, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return ck
 
+    def _checkpoints(self) -> list[tuple[int, Path]]:
+        "(step, path) of every checkpoint-N directory, oldest first."
+        if self.out_dir is None or not self.out_dir.is_dir():
+            return []
+        found = ((_checkpoint_step(p), p) for p in self.out_dir.iterdir() if p.is_dir())
+        return sorted((s, p) for s, p in found if s is not None)
+
     def latest_checkpoint(self) -> Path | None:
-        if self.out_dir is None:
-            return None
-        cks = [p for p in self.out_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-        return max(cks, key=lambda p: int(p.name.split("-")[1])) if cks else None
+        "The newest intact checkpoint (checksums verified), or None."
+        return next((p for _, p in reversed(self._checkpoints()) if checkpoint_problem(p) is None), None)
+
+    def _tidy(self):
+        "Remove what an interrupted save left behind; put back a checkpoint caught between its two renames."
+        if not self.is_main or self.out_dir is None or not self.out_dir.is_dir():
+            return
+        for p in self.out_dir.glob(".old-checkpoint-*"):
+            ck = self.out_dir / p.name[len(".old-") :]
+            shutil.rmtree(p, ignore_errors=True) if ck.exists() else p.rename(ck)
+        for pattern in (".tmp-checkpoint-*", ".del-checkpoint-*", ".metrics.jsonl.tmp-*"):
+            for p in self.out_dir.glob(pattern):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+
+    def _choose_checkpoint(self) -> Path | None:
+        "The newest intact checkpoint; newer damaged ones are reported and renamed checkpoint-N.damaged."
+        for _, ck in reversed(self._checkpoints()):
+            problem = checkpoint_problem(ck)
+            if problem is None:
+                return ck
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                print(
+                    f"alignbook: {ck} is damaged ({problem}); set aside as {ck.name}.damaged, "
+                    f"falling back to the previous checkpoint",
+                    file=sys.stderr,
+                )
+                shutil.rmtree(ck.with_name(ck.name + ".damaged"), ignore_errors=True)
+                ck.rename(ck.with_name(ck.name + ".damaged"))
+            self.accelerator.wait_for_everyone()
+        return None
+
+    def _check_config(self, saved: dict | None, ck: Path):
+        "Refuse to resume `ck` under another objective, or under a changed config unless cfg.force_config."
+        from alignbook.config import config_diff
+
+        if not saved:
+            return
+        was, now = saved.get("objective"), self.cfg.get("objective")
+        if was != now:
+            raise RunRefused(
+                f"{ck} was saved by a {was!r} run and this is a {now!r} run: use another out_dir "
+                f"(to start {now} from that run's result, pass model=<its out_dir>/final)"
+            )
+        diff = config_diff(saved, self.cfg)
+        if diff and not self.cfg.get("force_config"):
+            lines = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
+            raise RunRefused(
+                f"{ck} was trained with a different config ({lines}). Resume with the saved values, "
+                f"pass --force-config (force_config=true) to continue with the new ones, "
+                f"or use another out_dir"
+            )
+
+    def _set_aside_metrics(self):
+        "No checkpoint to resume: the log lines of an earlier attempt move to metrics.jsonl.old."
+        m = self.out_dir / "metrics.jsonl" if self.out_dir is not None else None
+        if self.is_main and m is not None and m.exists() and m.stat().st_size:
+            print(
+                f"alignbook: {self.out_dir} has no checkpoint to resume; training from step 0 "
+                f"(the earlier metrics.jsonl is kept as metrics.jsonl.old)",
+                file=sys.stderr,
+            )
+            os.replace(m, m.with_name("metrics.jsonl.old"))
+        self.accelerator.wait_for_everyone()
 
     def resume(self, path=None) -> bool:
-        "Load the latest (or given) checkpoint; returns False when there is none."
-        ck = Path(path) if path else self.latest_checkpoint()
+        "Load the newest intact (or the given) checkpoint; returns False when there is none."
+        self._tidy()
+        self.accelerator.wait_for_everyone()
+        ck = Path(path) if path else self._choose_checkpoint()
         if ck is None:
+            self._set_aside_metrics()
             return False
+        ts = json.loads((ck / "trainer_state.json").read_text())
+        self._check_config(ts.get("config"), ck)
         sd = load_file(str(ck / "model.safetensors"))
         mine = dict(self.unwrapped.named_parameters())
         missing = [n for n, p in mine.items() if p.requires_grad and n not in sd]
@@ -296,21 +599,58 @@ class Trainer:
                 mine[n].copy_(t)
         self.optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=True))
-        ts = json.loads((ck / "trainer_state.json").read_text())
         self.step, self.state = ts["step"], ts["state"]
+        self._window, self.finished = ts.get("window", []), ts.get("finished", False)
         if self.cursor and ts["cursor"]:
             self.cursor.load(ts["cursor"])
         rng = ck / f"rng-{self.accelerator.process_index}.pt"
         if rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=False if False else True))
-        if (
-            self.is_main and (self.out_dir / "metrics.jsonl").exists()
-        ):  # forget log lines after the checkpoint
-            rows = read_metrics(self.out_dir)
-            (self.out_dir / "metrics.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.step)
-            )
+            _set_rng_state(torch.load(rng, weights_only=True))
+        self.history = (
+            [r for r in read_metrics(self.out_dir) if r["step"] <= self.step] if self.out_dir else []
+        )
+        if self.is_main and self.out_dir is not None:  # forget log lines written after the checkpoint
+            atomic_write(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        self.accelerator.wait_for_everyone()
         return True
+
+    # --- interruptions ------------------------------------------------------------------------------------
+    def stop_if_requested(self, saved: bool = False):
+        "At a step boundary: if a signal asked to stop, save (unless `saved`) and raise TrainingInterrupted."
+        asked = _STOP["signal"] is not None
+        if self.accelerator.num_processes > 1:  # every process stops at the same step
+            flag = torch.tensor([float(asked)], device=self.device)
+            asked = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        if not asked:
+            return
+        signum = _STOP["signal"] or signal.SIGINT
+        ck = (
+            self.save_checkpoint()
+            if not saved or self.out_dir is None
+            else self.out_dir / f"checkpoint-{self.step}"
+        )
+        _STOP["signal"] = None
+        where = f"saved {ck}" if ck is not None else "no out_dir, nothing saved"
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name} after step {self.step}: {where}; "
+            f"run the same command again to resume exactly where it stopped",
+            signum,
+            self.step,
+        )
+
+    def _save_consistent(self) -> Path | None:
+        "After a stop inside a step: rewind to the step's start and save, unless the weights were updated."
+        if self._phase[0] == "between":
+            return self.save_checkpoint() if self._weights_finite() else None
+        if self._phase[0] != "step" or self._updating or self.step != self._phase[1]:
+            return None  # stopped inside or right after an update: the last checkpoint stands
+        _, _, cursor, rng = self._phase
+        if self.cursor is not None:
+            self.cursor.load(cursor)
+        _set_rng_state(rng)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._phase = ("between",)
+        return self.save_checkpoint() if self._weights_finite() else None
 
     # --- the standard loop ----------------------------------------------------------------------------------
     def _micro_batches(self) -> list[dict]:
@@ -364,11 +704,21 @@ class Trainer:
         return out
 
     def fit(self, until: int | None = None, resume: bool = True) -> dict:
-        "Train to cfg.max_steps (or stop early at step `until`, as an interruption would). Returns the last log row."
+        "Train to cfg.max_steps (or stop at step `until`, as a crash would). Returns the last log row."
         if self.loss_fn is None or self.train_data is None or self.collate_fn is None:
             raise ValueError("fit() needs loss_fn, train_data and collate_fn")
-        if resume:
-            self.resume()
+        lock = (
+            RunLock(self.out_dir) if self.out_dir is not None and self.is_main else contextlib.nullcontext()
+        )
+        with deferred_signals(), lock:
+            if resume:
+                self.resume()
+            return self._fit(until)
+
+    def _fit(self, until: int | None) -> dict:
+        if self.step >= self.cfg.max_steps and self.finished:
+            return self.history[-1] if self.history else {}
+        self.finished = False
         stop = min(until or self.cfg.max_steps, self.cfg.max_steps)
         log_every, save_every, eval_every = (
             self.cfg.get("log_every") or 1,
@@ -381,13 +731,16 @@ class Trainer:
             disable=not self.is_main,
             desc=self.cfg.get("objective") or "train",
         )
-        last, t0, window = {}, time.perf_counter(), []
+        last, t0, window = (self.history[-1] if self.history else {}), time.perf_counter(), self._window
         try:
             while self.step < stop:
+                _fault("step", self.step + 1)
+                self._phase = ("step", self.step, self.cursor.state(), _rng_state())
                 window.append(self.train_step())
+                self._phase = ("after",)
                 self.pbar.update(1)
                 ev = self.evaluate() if eval_every and self.step % eval_every == 0 else {}
-                if self.step % log_every == 0 or self.step == stop or ev:
+                if self.step % log_every == 0 or self.step == self.cfg.max_steps or ev:
                     # training metrics are averaged over the steps since the last log line; lr is the current one
                     m = {
                         k: sum(w[k] for w in window if k in w) / sum(k in w for w in window)
@@ -397,21 +750,34 @@ class Trainer:
                     m.update(ev)
                     m["time/step_s"] = (time.perf_counter() - t0) / len(window)
                     last = self.log(m)
-                    t0, window = time.perf_counter(), []
-                if save_every and self.step % save_every == 0:
+                    t0 = time.perf_counter()
+                    window.clear()
+                saved = bool(save_every and self.step % save_every == 0)
+                if saved:
                     self.save_checkpoint()
-        except KeyboardInterrupt:
-            self.save_checkpoint()
+                self._phase = ("between",)
+                self.stop_if_requested(saved)
+            if self.step >= self.cfg.max_steps:
+                self._phase = ("after",)
+                if self.eval_fn is not None and not (eval_every and self.step % eval_every == 0):
+                    last = self.log({**self.evaluate()})
+                self.finished = True
+                self.save_checkpoint()  # a finished run always leaves a checkpoint to resume or extend from
+                self._phase = ("between",)
+        except TrainingInterrupted:
             self.pbar.close()
             raise
-        if (
-            self.step >= self.cfg.max_steps
-            and self.eval_fn is not None
-            and not (eval_every and self.step % eval_every == 0)
-        ):
-            last = self.log({**self.evaluate()})
-        if self.step >= self.cfg.max_steps and (not save_every or self.step % save_every):
-            self.save_checkpoint()  # a finished run always leaves a checkpoint to resume or extend from
+        except (KeyboardInterrupt, NonFiniteError) as e:
+            self.pbar.close()
+            second_signal = isinstance(e, KeyboardInterrupt) and _STOP["signal"] is not None
+            ck = None if second_signal else self._save_consistent()
+            if isinstance(e, NonFiniteError):
+                note = f"; {ck} holds the last finite weights" if ck is not None else ""
+                raise NonFiniteError(
+                    f"{e}{note}. To continue from there with a lower lr, rerun with --force-config "
+                    f"(force_config=true) and the new lr; or start again in another out_dir"
+                ) from None
+            raise
         self.pbar.close()
         return last
 
@@ -432,10 +798,29 @@ class Trainer:
 
 # %% ../nbs/05_train.ipynb #81470739
 def read_metrics(out_dir) -> list[dict]:
-    "Rows of out_dir/metrics.jsonl (or of the given .jsonl file)."
+    "Rows of out_dir/metrics.jsonl (or the given .jsonl); a line damaged by a crash is dropped, with a note."
     p = Path(out_dir)
     p = p / "metrics.jsonl" if p.is_dir() else p
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    lines = p.read_bytes().decode("utf-8", errors="replace").splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            what = "its half-written last line" if i == len(lines) else f"damaged line {i}"
+            print(
+                f"alignbook: {p}: dropped {what} ({line[:60]!r}); a run was stopped while writing it",
+                file=sys.stderr,
+            )
+            continue
+        rows.append(row)
+    return rows
 
 
 def plot_metrics(rows_or_dir, keys, ax=None, title: str | None = None):

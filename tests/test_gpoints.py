@@ -186,7 +186,7 @@ N = [10, 3, 4, 6]
         ("3*6+10-4", 5, "Correct solution"),
         ("3*6+10-4=24", 5, "Correct solution"),
         (" ( 3 * 6 ) + 10 - 4 ", 5, "Correct solution"),
-        ("3*6+10-4=99", 5, "Correct solution"),  # only the left side is checked
+        ("3*6+10-4=99", -1, "not the 99 it states"),  # the stated result must agree with the formula
         ("3*6+10+4", -1, "evaluates to 32, not 24"),
         ("6/3*10/4", -1, "evaluates to 5, not 24"),
         ("3*6+10-7", -4, "you used invalid numbers: [7], you didn't use numbers: [4]"),

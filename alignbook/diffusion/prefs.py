@@ -10,7 +10,7 @@ import numpy as np
 import torch, torch.nn.functional as F
 from PIL import Image
 import datasets
-from ..data import DataFormatError
+from ..data import DataFormatError, load_rows
 from alignbook.diffusion.flow import (
     flow_errors,
     sample_ode,
@@ -231,10 +231,28 @@ def collate_image_prefs(rows: list[dict]) -> dict:
     }
 
 # %% ../../nbs/41_image_prefs.ipynb #e6087570
+def _image_files_to_bytes(ds, base: Path):
+    "Rows whose jpg_0/jpg_1 are image file paths (relative to `base`, the .jsonl's folder) get the files' bytes."
+
+    def read(row, i):
+        out = {}
+        for k in ("jpg_0", "jpg_1"):
+            if isinstance(row.get(k), str):
+                f = base / row[k]
+                if not f.is_file():
+                    raise DataFormatError(
+                        f"row {i}, field {k!r}: image file {f} not found; paths are relative to the .jsonl file"
+                    )
+                out[k] = f.read_bytes()
+        return out
+
+    return ds.map(read, with_indices=True)
+
+
 def load_pickapic(
     name_or_path: str, split: str = "train", n: int | None = None, drop_ties: bool = True
 ) -> datasets.Dataset:
-    "Pick-a-Pic from a local save_to_disk dir, parquet file(s)/dir, or a Hub name; validated, ties dropped, first n rows."
+    "Pick-a-Pic from a save_to_disk dir, parquet file(s)/dir, a .jsonl of image paths or a Hub name; validated."
     p = Path(str(name_or_path))
     if p.is_dir() and (
         (p / "dataset_info.json").exists()
@@ -244,6 +262,8 @@ def load_pickapic(
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
+    elif p.is_file() and p.suffix in (".jsonl", ".json"):
+        ds = _image_files_to_bytes(load_rows(p), p.parent)
     elif p.exists():
         files = sorted(str(f) for f in (p.rglob("*.parquet") if p.is_dir() else [p]))
         if not files:

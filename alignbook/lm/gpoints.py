@@ -454,6 +454,10 @@ def score_formula(formula: str, numbers: Sequence[int], target: int = 24) -> Sco
             _join([str(e)]),
             formula=formula if isinstance(formula, str) and len(formula) <= MAX_FORMULA_CHARS else None,
         )
+    stated = formula.split("=", 1)[1].strip() if "=" in formula else None
+    if stated is not None and not re.fullmatch(rf"[0-9]{{1,{MAX_NUMBER_DIGITS}}}", stated):
+        msg = f"invalid formula: after '=' write the result as a whole number, not {stated[:20]!r}"
+        return Score(ILLEGAL_REWARD, _join([msg]), formula=formula)
     have, got = Counter(int(n) for n in numbers), Counter(used)
     msgs = []
     invalid = [n for n in got if n not in have]
@@ -473,6 +477,9 @@ def score_formula(formula: str, numbers: Sequence[int], target: int = 24) -> Sco
         return Score(WRONG_VALUE_REWARD, _join(["your formula divides by zero"]), formula=formula)
     except FormulaError as e:
         return Score(ILLEGAL_REWARD, _join([str(e)]), formula=formula)
+    if stated is not None and int(stated) != value:  # `3*8*1*1=25`: the stated result contradicts the formula
+        msg = f"your formula is incorrect: it evaluates to {value}, not the {stated} it states"
+        return Score(WRONG_VALUE_REWARD, _join([msg]), False, value, formula)
     if value == target:
         return Score(CORRECT_REWARD, _join(["Correct solution"]), True, value, formula)
     return Score(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools, random, re, json
 from pathlib import Path
 from datasets import Dataset
-from ..data import DataFormatError, validate_dataset
+from ..data import DataFormatError, validate_dataset, load_rows
 from alignbook.lm.gpoints import (
     ID_RULE,
     OOD_RULE,
@@ -149,20 +149,7 @@ def load_preference_dataset(
     name_or_path: str, split: str = "train", kind: str = "preference", n: int | None = None
 ) -> Dataset:
     "A validated TRL-format dataset (`kind` 'preference' or 'unpaired') from the Hub, a local file or directory."
-    from datasets import load_dataset, load_from_disk
-
-    p = Path(name_or_path)
-    if p.is_dir() and (p / "dataset_info.json").exists() or p.is_dir() and (p / "state.json").exists():
-        ds = load_from_disk(str(p))
-        if hasattr(ds, "keys"):
-            ds = ds[split]
-    elif p.is_file():
-        fmt = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(p.suffix)
-        if fmt is None:
-            raise ValueError(f"{p}: unsupported file type {p.suffix!r}; use .json, .jsonl, .parquet or .csv")
-        ds = load_dataset(fmt, data_files=str(p), split="train")
-    else:
-        ds = load_dataset(name_or_path, split=split)
+    ds = load_rows(name_or_path, split)  # file, folder or Hub id; errors name the file, line and field
     if n is not None:
         ds = ds.select(range(min(n, len(ds))))
     if kind == "preference" and "prompt" not in ds.column_names:

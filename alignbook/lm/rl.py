@@ -17,7 +17,7 @@ from alignbook.models import (
     default_device,
     TOY_BASE,
 )
-from ..train import Trainer, set_seed
+from ..train import Trainer, set_seed, deferred_signals
 from . import gpoints
 from .logps import completion_logps
 from alignbook.lm.pg import (
@@ -364,12 +364,14 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         history.append(tr.log(row))
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.2f}", success=f"{row['success']:.2f}")
-        if cfg.save_every and (rnd + 1) % cfg.save_every == 0:
+        saved = bool(cfg.save_every and (rnd + 1) % cfg.save_every == 0)
+        if saved:
             tr.save_checkpoint()
+        tr.stop_if_requested(saved)  # Ctrl-C / SIGTERM: stop at this round's end with a checkpoint
     bar.close()
     if cfg.out_dir:
-        if cfg.save_every and (tr.step // K) % cfg.save_every:
-            tr.save_checkpoint()
+        if not (cfg.save_every and (tr.step // K) % cfg.save_every == 0):
+            tr.save_checkpoint()  # a finished run always leaves a checkpoint to extend from (raise max_steps)
         pm = pol
         if hasattr(pm, "merge_and_unload"):
             pm = copy.deepcopy(pm).merge_and_unload()
@@ -390,7 +392,8 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
 # %% ../../nbs/31_rl.ipynb #cb92abe9
 def _train_fn(algo):
     def fn(cfg):
-        out = train_rl(cfg, algo)
+        with deferred_signals():
+            out = train_rl(cfg, algo)
         out.pop("model")
         out.pop("tokenizer")
         return out

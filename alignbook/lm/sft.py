@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from ..config import register_objective, get_config, Config
 from ..models import load_policy
-from ..data import tokenize_sft, collate_sft, render_example
+from ..data import tokenize_sft, collate_sft, render_example, load_rows, validate_dataset
 from .logps import sequence_logps
 from . import gpoints
 from ..train import Trainer, read_metrics, plot_metrics
@@ -59,15 +59,13 @@ def _messages_to_pc(row: dict) -> dict:
 
 
 def sft_dataset(cfg):
-    "The SFT training set named by `cfg.dataset`: 'gpoints-id' / 'gpoints-ood' (synthetic) or a HF dataset id/path."
+    "The SFT training set named by `cfg.dataset`: 'gpoints-id' / 'gpoints-ood' (synthetic), a local file or folder, or a Hub id."
     if str(cfg.dataset).startswith("gpoints-"):
         rule = {"gpoints-id": gpoints.ID_RULE, "gpoints-ood": gpoints.OOD_RULE}[cfg.dataset]
         return gpoints.make_sft_dataset(
             cfg.n_train, rule, seed=cfg.seed, style=cfg.prompt_style, exclude=gpoints.held_out_hands()
         )
-    from datasets import load_dataset
-
-    ds = load_dataset(cfg.dataset, split=cfg.get("dataset_split", "train"))
+    ds = load_rows(cfg.dataset, split=cfg.get("dataset_split", "train"))
     if "messages" in ds.column_names and "prompt" not in ds.column_names:
         ds = ds.map(_messages_to_pc, remove_columns=ds.column_names)
     return ds.select(range(min(len(ds), cfg.n_train))) if cfg.n_train else ds
@@ -99,8 +97,10 @@ def gpoints_eval_fn(tokenizer, cfg):
 
 def train_sft(cfg) -> dict:
     "Fine-tune `cfg.model` on `sft_dataset(cfg)`; writes metrics.jsonl, checkpoints and DIR/final."
+    ds = sft_dataset(cfg)
+    validate_dataset(ds, "sft")  # bad data fails before the model loads
     model, tok = load_policy(cfg)
-    rows = tokenize_sft(sft_dataset(cfg), tok, cfg.max_length)
+    rows = tokenize_sft(ds, tok, cfg.max_length)
     is_gpoints = str(cfg.dataset).startswith("gpoints-")
     t = Trainer(
         model,
