@@ -22,7 +22,8 @@ COMMON = {
     "preset": "toy",
     "seed": 0,
     "model": "toy-base",
-    "ref_model": None,
+    "ref_model": None,  # weights of the reference (name or path); None: the policy's own starting weights
+    "reference": "auto",  # how it is kept: copy | disabled_adapter | second_adapter | precomputed; auto: LoRA off, else copy
     "dataset": None,
     "max_length": 128,
     "max_prompt_length": 96,
@@ -136,14 +137,11 @@ def register_evaluator(name: str, fn: Callable):
     return fn
 
 # %% ../nbs/00_config.ipynb #93159dd6
-_PLUGIN_PACKAGES = ("alignbook.lm", "alignbook.diffusion")
-_PLUGIN_MODULES = ("alignbook.bench",)
+_PLUGIN_PACKAGES = ("alignbook.lm", "alignbook.diffusion", "alignbook.bench")
 
 
 def load_plugins(packages=_PLUGIN_PACKAGES) -> dict[str, Objective]:
     "Import every chapter module so its objectives, benchmarks and evaluators register."
-    for m in _PLUGIN_MODULES:
-        importlib.import_module(m)
     for pkg_name in packages:
         try:
             pkg = importlib.import_module(pkg_name)
