@@ -4,7 +4,7 @@
 
 # %% ../../nbs/23_reference.ipynb #cd77fafe
 from __future__ import annotations
-import copy, contextlib, hashlib, json, os
+import copy, contextlib, hashlib, json
 from pathlib import Path
 import torch
 from safetensors.torch import save_file, load_file
@@ -13,7 +13,7 @@ from .logps import sequence_logps, LogProbs
 # %% auto #0
 __all__ = ['PAIR_KEYS', 'REFERENCES', 'eval_mode', 'Reference', 'weights_hash', 'CopyReference', 'DisabledAdapterReference',
            'weights_hash_filtered', 'AdapterReference', 'data_hash', 'precompute_reference', 'PrecomputedReference',
-           'make_reference', 'auto_reference', 'check_frozen']
+           'auto_reference', 'load_reference_model', 'make_reference', 'assert_frozen']
 
 # %% ../../nbs/23_reference.ipynb #eb69195e
 @contextlib.contextmanager
@@ -32,23 +32,31 @@ def _unwrap(model):
 
 
 class Reference:
-    "Reference log-probs for a batch (input_ids, attention_mask, completion_mask); never tracks gradients."
+    "The frozen π_ref: `active(policy)` lends the model, `forward`/`logps` score a batch; no gradients."
 
     kind = "base"
     online = True
 
-    def _model(self, policy):
+    def _swap(self, policy):
+        "A context manager yielding the model with the reference's weights in place (each way defines it)."
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def _active(self, policy):
-        yield self._model(policy)
+    def active(self, policy):
+        "Inside the block: the frozen reference model (eval mode, no_grad); the policy is restored after."
+        with torch.no_grad(), self._swap(policy) as m, eval_mode(m):
+            yield m
 
-    def forward(self, policy, batch, return_logits=False) -> LogProbs:
+    def forward(self, policy, batch, return_logits=False, **logps_kw) -> LogProbs:
         "LogProbs of the batch's completions under the reference."
-        with torch.no_grad(), self._active(policy) as m, eval_mode(m):
+        with self.active(policy) as m:
             return sequence_logps(
-                m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], return_logits
+                m,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["completion_mask"],
+                return_logits,
+                **logps_kw,
             )
 
     def logps(self, policy, batch) -> torch.Tensor:
@@ -57,14 +65,20 @@ class Reference:
 
     def fingerprint(self, policy) -> str:
         "A hash of the reference's weights (for the precomputed cache key)."
-        with self._active(policy) as m:
+        with self._swap(policy) as m:
             return weights_hash(m)
 
+    def to(self, device) -> "Reference":
+        "Move what the reference owns (nothing, unless it keeps its own model) to `device`."
+        return self
 
-def weights_hash(model, adapters_active=True) -> str:
-    "sha256 of the model's parameters and buffers (names, dtypes, bytes)."
+
+def weights_hash(model, keep=None) -> str:
+    "sha256 of the model's parameters and buffers (names, dtypes, bytes) whose name passes `keep`."
     h = hashlib.sha256()
     for n, t in sorted(_unwrap(model).state_dict().items()):
+        if keep is not None and not keep(n):
+            continue
         t = t.detach().cpu().contiguous()
         h.update(n.encode())
         h.update(str(t.dtype).encode())
@@ -73,57 +87,68 @@ def weights_hash(model, adapters_active=True) -> str:
 
 # %% ../../nbs/23_reference.ipynb #1bb58ec2
 class CopyReference(Reference):
-    "A deep-copied, frozen, eval-mode model (LoRA merged if the source has adapters)."
+    "A frozen, eval-mode model: a deep copy of `model` (LoRA merged), or `model` itself with `copy=False`."
 
     kind = "copy"
 
-    def __init__(self, model):
-        m = copy.deepcopy(_unwrap(model))
+    def __init__(self, model, copy: bool = True):
+        m = _unwrap(model)
+        if copy:
+            m = _deepcopy(m)
         if hasattr(m, "merge_and_unload"):
             m = m.merge_and_unload()
         self.model = m.eval().requires_grad_(False)
 
-    def _model(self, policy):
-        return self.model
+    def _swap(self, policy):
+        return contextlib.nullcontext(self.model)
 
     def to(self, device):
         self.model.to(device)
         return self
 
+
+_deepcopy = copy.deepcopy
+
 # %% ../../nbs/23_reference.ipynb #1b678d52
+def _adapter_layers(model) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in getattr(model, "unet", model).modules() if isinstance(m, BaseTunerLayer)]
+
+
 class DisabledAdapterReference(Reference):
     "The policy's own base model, with its LoRA adapters switched off (no extra memory)."
 
     kind = "disabled_adapter"
 
-    def _model(self, policy):
-        return _unwrap(policy)
-
     @contextlib.contextmanager
-    def _active(self, policy):
+    def _swap(self, policy):
         m = _unwrap(policy)
-        if not hasattr(m, "disable_adapter"):
+        if hasattr(m, "disable_adapter"):  # a peft PeftModel
+            with m.disable_adapter():
+                yield m
+            return
+        layers = _adapter_layers(m)  # adapters injected in place (diffusers models)
+        if not layers:
             raise ValueError(
-                "reference='disabled_adapter' needs a peft (LoRA) policy: set lora=True, or use reference='copy'"
+                "reference='disabled_adapter' needs a peft (LoRA) policy: "
+                "set lora=True, or use reference='copy'"
             )
-        with m.disable_adapter():
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
             yield m
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
 
     def fingerprint(self, policy):
-        m = _unwrap(policy)
-        return weights_hash_filtered(m, lambda n: "lora_" not in n)
+        return weights_hash(policy, lambda n: "lora_" not in n)
 
 
 def weights_hash_filtered(model, keep) -> str:
-    "sha256 of the parameters whose name passes `keep`."
-    h = hashlib.sha256()
-    for n, t in sorted(model.state_dict().items()):
-        if not keep(n):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(n.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    "sha256 of the parameters whose name passes `keep` (see `weights_hash`)."
+    return weights_hash(model, keep)
 
 # %% ../../nbs/23_reference.ipynb #d908e072
 class AdapterReference(Reference):
@@ -135,38 +160,35 @@ class AdapterReference(Reference):
         m = _unwrap(policy)
         if not hasattr(m, "peft_config"):
             raise ValueError(
-                "reference='second_adapter' needs a peft (LoRA) policy: set lora=True, or use reference='copy'"
+                "reference='second_adapter' needs a peft (LoRA) policy: "
+                "set lora=True, or use reference='copy'"
             )
-        self.name, self.active = name, m.active_adapter
+        self.name, self.trained = name, m.active_adapter
         flags = {n: p.requires_grad for n, p in m.named_parameters()}
-        m.add_adapter(name, copy.deepcopy(m.peft_config[self.active]))
+        m.add_adapter(name, copy.deepcopy(m.peft_config[self.trained]))
         sd = m.state_dict()
         with torch.no_grad():
             for n, p in m.named_parameters():
                 if f".{name}." in n:
-                    p.copy_(sd[n.replace(f".{name}.", f".{self.active}.")])
-        m.set_adapter(self.active)
+                    p.copy_(sd[n.replace(f".{name}.", f".{self.trained}.")])
+        m.set_adapter(self.trained)
         for n, p in m.named_parameters():
             p.requires_grad_(flags.get(n, False))  # ref adapter frozen
 
-    def _model(self, policy):
-        return _unwrap(policy)
-
     @contextlib.contextmanager
-    def _active(self, policy):
+    def _swap(self, policy):
         m = _unwrap(policy)
         flags = {n: p.requires_grad for n, p in m.named_parameters()}
         m.set_adapter(self.name)
         try:
             yield m
         finally:
-            m.set_adapter(self.active)
+            m.set_adapter(self.trained)
             for n, p in m.named_parameters():
                 p.requires_grad_(flags[n])
 
     def fingerprint(self, policy):
-        a = f".{self.active}."
-        return weights_hash_filtered(_unwrap(policy), lambda n: "lora_" not in n or f".{self.name}." in n)
+        return weights_hash(policy, lambda n: "lora_" not in n or f".{self.name}." in n)
 
 # %% ../../nbs/23_reference.ipynb #724053e2
 def data_hash(rows) -> str:
@@ -217,40 +239,86 @@ class PrecomputedReference(Reference):
             raise KeyError(f"batch lacks precomputed {missing}: run precompute_reference on the rows first")
         return torch.cat([batch[k] for k in self.keys]).float()
 
-    def forward(self, policy, batch, return_logits=False):
+    def forward(self, policy, batch, return_logits=False, **logps_kw):
         raise ValueError(
             "precomputed reference log-probs have no logits: TDPO needs the reference's full-vocabulary "
             "logits every step, use reference='copy', 'disabled_adapter' or 'second_adapter'"
         )
 
+    def _swap(self, policy):
+        raise ValueError(
+            "a precomputed reference keeps log-probs, not a model: build the online reference that computed "
+            "them with make_reference(cfg, policy, online=True)"
+        )
+
+    def fingerprint(self, policy):
+        return "precomputed"
+
 # %% ../../nbs/23_reference.ipynb #302bccbc
 REFERENCES = ("copy", "disabled_adapter", "second_adapter", "precomputed")
 
 
-def make_reference(kind: str, policy, ref_model=None) -> Reference:
-    "Build the reference `kind` for `policy` (`ref_model` overrides the weights of a `copy`)."
+def auto_reference(cfg) -> str:
+    "cfg.reference, 'auto' resolved: a copy if cfg.ref_model is set, else adapters off for LoRA, else a copy."
+    r = cfg.get("reference") or "auto"
+    if r not in REFERENCES + ("auto",):
+        raise ValueError(f"unknown reference {r!r}; valid: auto, {', '.join(REFERENCES)}")
+    if r != "auto":
+        return r
+    return "copy" if cfg.get("ref_model") is not None or not cfg.get("lora") else "disabled_adapter"
+
+
+def load_reference_model(name_or_path: str, policy, load=None):
+    "Frozen weights `name_or_path` (`alignbook.models.load_causal_lm`, or `load`), policy's dtype and device."
+    from alignbook.models import load_causal_lm
+
+    p = next(_unwrap(policy).parameters())
+    m = load(name_or_path) if load is not None else load_causal_lm(name_or_path, dtype=p.dtype)
+    pv = getattr(getattr(_unwrap(policy), "config", None), "vocab_size", None)
+    rv = getattr(getattr(m, "config", None), "vocab_size", None)
+    if pv is not None and rv is not None and pv != rv:
+        raise ValueError(
+            f"ref_model={name_or_path!r} has a vocabulary of {rv} tokens, the policy {pv}: the reference "
+            "must share the policy's tokenizer; choose a ref_model of the same model family"
+        )
+    return m.to(p.device).eval().requires_grad_(False)
+
+
+def make_reference(cfg, policy, ref_model=None, *, online: bool = False, load=None) -> Reference:
+    "The reference `cfg` asks for (`cfg.reference`, `cfg.ref_model`), or of kind `cfg` when it is a string."
+    if isinstance(cfg, str):
+        kind, source = cfg, ref_model
+    else:
+        kind, source = auto_reference(cfg), cfg.get("ref_model") if ref_model is None else ref_model
+    if kind not in REFERENCES:
+        raise ValueError(f"unknown reference {kind!r}; valid: {', '.join(REFERENCES)}")
+    if source is not None and kind in ("disabled_adapter", "second_adapter"):
+        raise ValueError(
+            f"ref_model={source!r} names separate reference weights, but reference={kind!r} uses the "
+            "policy's own: set reference='copy' (or 'auto' or 'precomputed'), or ref_model=None"
+        )
+    if online and kind == "precomputed":  # the model the log-probs are computed with
+        lora = hasattr(_unwrap(policy), "disable_adapter")
+        kind = "disabled_adapter" if source is None and lora else "copy"
     if kind == "copy":
-        return CopyReference(ref_model if ref_model is not None else policy)
+        if source is None:
+            return CopyReference(policy)
+        if isinstance(source, torch.nn.Module):
+            return CopyReference(source)
+        return CopyReference(load_reference_model(source, policy, load), copy=False)
     if kind == "disabled_adapter":
         return DisabledAdapterReference()
     if kind == "second_adapter":
         return AdapterReference(policy)
-    if kind == "precomputed":
-        return PrecomputedReference()
-    raise ValueError(f"unknown reference {kind!r}; valid: {', '.join(REFERENCES)}")
-
-
-def auto_reference(cfg) -> str:
-    "cfg.reference, or 'disabled_adapter' for LoRA and 'copy' otherwise."
-    r = cfg.get("reference") or "auto"
-    return ("disabled_adapter" if cfg.lora else "copy") if r == "auto" else r
+    return PrecomputedReference()
 
 # %% ../../nbs/23_reference.ipynb #f7daf642
-def check_frozen(ref: Reference, policy, batch, lr=1e-2) -> str:
-    "Take one SGD step on `policy` and check `ref`'s log-probs did not move and carry no gradient."
+def assert_frozen(ref: Reference, policy, batch, lr=1e-2):
+    "Take one SGD step on `policy`; raise AssertionError if `ref`'s log-probs moved or carry a gradient."
     before = ref.logps(policy, batch).detach().clone()
-    if before.requires_grad:
-        return "reference log-probs require grad: compute them under torch.no_grad()"
+    assert not ref.logps(policy, batch).requires_grad, (
+        "reference log-probs require grad: compute them under torch.no_grad()"
+    )
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
     lp = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum
@@ -258,8 +326,4 @@ def check_frozen(ref: Reference, policy, batch, lr=1e-2) -> str:
     opt.step()
     opt.zero_grad()
     after = ref.logps(policy, batch)
-    return (
-        "correct"
-        if torch.allclose(before, after, atol=1e-6)
-        else "the reference moved when the policy was trained"
-    )
+    assert torch.allclose(before, after, atol=1e-6), "the reference moved when the policy was trained"
