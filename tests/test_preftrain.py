@@ -4,8 +4,8 @@ import math, pytest, torch
 from alignbook.config import get_config, OBJECTIVES
 from alignbook.models import toy_model, toy_tokenizer, add_lora
 from alignbook.lm.reference import make_reference, precompute_reference, PrecomputedReference
-from alignbook.lm.preftrain import build_data, paired_loss_fn, kto_loss_fn, add_kl_rows, collate_kto, _split
-from alignbook.data import collate_sft
+from alignbook.lm.preftrain import build_data, paired_loss_fn, kto_loss_fn, add_kl_rows, collate_kto
+from alignbook.lm.prefbatch import add_reference_logps
 
 TOK = toy_tokenizer()
 LN2 = math.log(2)
@@ -53,28 +53,7 @@ def test_ln2_at_init_full_pipeline(ref_kind, tmp_path):
     kb_rows = dk["train"]
     kref = online
     if ref_kind == "precomputed":
-        kb_rows, _ = precompute_reference(
-            online,
-            pol,
-            kb_rows,
-            lambda rs: _split(
-                collate_sft(
-                    [{k: r[k] for k in ("input_ids", "completion_mask")} for r in rs], TOK.pad_token_id
-                )
-            ),
-            tmp_path,
-            keys=("ref_logps",),
-        )
-        kb_rows, _ = precompute_reference(
-            online,
-            pol,
-            kb_rows,
-            lambda rs: collate_sft(
-                [{"input_ids": r["kl_ids"], "completion_mask": r["kl_mask"]} for r in rs], TOK.pad_token_id
-            ),
-            tmp_path,
-            keys=("ref_kl_logps",),
-        )
+        kb_rows = add_reference_logps(online, pol, kb_rows, "kto", TOK.pad_token_id, tmp_path)
         kref = PrecomputedReference()
     loss, m = kto_loss_fn(ck, kref)(pol, dk["collate"](kb_rows))
     assert loss.item() == pytest.approx(0.5, abs=1e-6) and m["kl"] == 0
