@@ -2,7 +2,7 @@
 
 import math, pytest, torch
 import torch.nn.functional as F
-from alignbook.lm.dpo import dpo_loss, preference_metrics, LOSS_TYPES
+from alignbook.lm.dpo import dpo_loss, preference_metrics, DPO_LOSS_TYPES
 
 LN2 = math.log(2)
 
@@ -26,7 +26,7 @@ def trl_formula(w, l, rw, rl, beta, loss_type, eps, nw=None, nl=None):
         return (-(1 - eps) * F.logsigmoid(beta * d) + eps * F.logsigmoid(-beta * d)) / (1 - 2 * eps)
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
 @pytest.mark.parametrize("beta", [0.01, 0.1, 0.5, 3.0])
 def test_parity_with_trl_formula(loss_type, beta):
     x = rand(seed=int(beta * 100))
@@ -67,7 +67,7 @@ def test_ln2_at_init(loss_type, eps):
     assert rw.abs().max() == 0 and rl.abs().max() == 0
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
 def test_gradient_direction(loss_type):
     w = torch.full((3,), -20.0, requires_grad=True)
     l = torch.full((3,), -25.0, requires_grad=True)
@@ -137,7 +137,7 @@ def test_metrics_trl_names_and_strict_accuracy():
     assert m2["rewards/accuracies"] == 0.5 and m2["rewards/margins"] == 0.5
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
 def test_pipeline_parity_with_trl_dpotrainer(loss_type, tmp_path):
     "TRL's own DPOTrainer.compute_loss and alignbook's pipeline agree on the same model, batch and β; tokenisation too."
     import copy, warnings

@@ -7,33 +7,13 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn.functional as F
+from ..checks import validate_same_shape, validate_positive, validate_choice
 
 # %% auto #0
-__all__ = ['LOSS_TYPES', 'check_same_shape', 'check_positive', 'dpo_loss', 'preference_metrics', 'check_dpo_loss']
+__all__ = ['DPO_LOSS_TYPES', 'dpo_loss', 'preference_metrics', 'check_dpo_loss']
 
 # %% ../../nbs/22_dpo.ipynb #34dace76
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
-
-
-def check_same_shape(**tensors):
-    "Raise a ValueError naming the argument whose shape differs from the first one's."
-    items = [(k, v) for k, v in tensors.items() if v is not None]
-    k0, v0 = items[0]
-    for k, v in items:
-        if not torch.is_tensor(v):
-            raise TypeError(f"`{k}` must be a torch.Tensor, got {type(v).__name__}")
-        if v.shape != v0.shape:
-            raise ValueError(
-                f"`{k}` has shape {tuple(v.shape)} but `{k0}` has shape {tuple(v0.shape)}; "
-                "pass one value per example (shape (B,)) for every argument"
-            )
-    return v0.shape
-
-
-def check_positive(name, value):
-    "Raise a ValueError unless `value` is a finite number > 0."
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
 
 # %% ../../nbs/22_dpo.ipynb #cf372ed1
 def dpo_loss(
@@ -48,7 +28,7 @@ def dpo_loss(
     rejected_lengths=None,
 ):
     "Per-example DPO-family loss (B,) and implicit rewards β·Δ_w, β·Δ_l (B,) from summed log-probs (B,)."
-    check_same_shape(
+    validate_same_shape(
         chosen_logps=chosen_logps,
         rejected_logps=rejected_logps,
         ref_chosen_logps=ref_chosen_logps,
@@ -56,9 +36,8 @@ def dpo_loss(
         chosen_lengths=chosen_lengths,
         rejected_lengths=rejected_lengths,
     )
-    check_positive("beta", beta)
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+    validate_positive("beta", beta)
+    validate_choice("loss_type", loss_type, DPO_LOSS_TYPES)
     eps = label_smoothing
     if not (0.0 <= eps < 0.5):
         raise ValueError(f"`label_smoothing` must lie in [0, 0.5), got {eps!r}")
@@ -99,14 +78,14 @@ def preference_metrics(chosen_rewards, rejected_rewards, chosen_logps=None, reje
     return m
 
 # %% ../../nbs/22_dpo.ipynb #80ffc827
-def check_dpo_loss(fn) -> str:
-    "Check a student's `fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,)` loss."
+def check_dpo_loss(fn):
+    "Check `fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
     g = torch.Generator().manual_seed(0)
     x = [-torch.rand(16, generator=g) * 30 for _ in range(4)]
-    want = dpo_loss(*x, beta=0.2)[0]
-    got = fn(*x, beta=0.2)
-    if got.shape != want.shape:
-        return f"wrong shape: want {tuple(want.shape)} (one loss per example), got {tuple(got.shape)}"
-    if not torch.allclose(got, want, atol=1e-5):
-        return f"wrong values: max error {(got - want).abs().max().item():.3g}"
-    return "correct"
+    want, got = dpo_loss(*x, beta=0.2)[0], fn(*x, beta=0.2)
+    assert got.shape == want.shape, (
+        f"wrong shape: want {tuple(want.shape)} (one loss per example), got {tuple(got.shape)}"
+    )
+    assert torch.allclose(got, want, atol=1e-5), (
+        f"wrong values: max error {(got - want).abs().max().item():.3g}; the margin is (Δ_w − Δ_l), Δ = log π − log π_ref"
+    )

@@ -6,15 +6,15 @@
 from __future__ import annotations
 import warnings
 import torch
-from .dpo import check_same_shape, check_positive
+from ..checks import validate_same_shape, validate_positive, validate_nonnegative
 
 # %% auto #0
-__all__ = ['kto_reference_point', 'kto_loss', 'kl_pairs', 'check_kto_balance', 'check_kto_loss']
+__all__ = ['kto_reference_point', 'kto_loss', 'kl_pairs', 'kto_balance', 'check_kto_loss']
 
 # %% ../../nbs/26_kto.ipynb #f92f20db
 def kto_reference_point(kl_logps, kl_ref_logps):
     "z0 = max(0, mean(kl_logps − kl_ref_logps)), detached; a 0-d tensor."
-    check_same_shape(kl_logps=kl_logps, kl_ref_logps=kl_ref_logps)
+    validate_same_shape(kl_logps=kl_logps, kl_ref_logps=kl_ref_logps)
     return (kl_logps - kl_ref_logps).mean().detach().clamp(min=0)
 
 
@@ -29,11 +29,10 @@ def kto_loss(
     undesirable_weight=1.0,
 ):
     "Per-example KTO loss (B,), implicit rewards β·Δ (B,) and z0 from summed log-probs (B,) and labels (B,) bool."
-    check_same_shape(logps=logps, ref_logps=ref_logps, desirable=desirable)
-    check_positive("beta", beta)
-    for k, v in (("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)):
-        if not (isinstance(v, (int, float)) and v >= 0):
-            raise ValueError(f"`{k}` must be a number ≥ 0, got {v!r}")
+    validate_same_shape(logps=logps, ref_logps=ref_logps, desirable=desirable)
+    validate_positive("beta", beta)
+    validate_nonnegative("desirable_weight", desirable_weight)
+    validate_nonnegative("undesirable_weight", undesirable_weight)
     z0 = kto_reference_point(kl_logps, kl_ref_logps)
     delta = logps - ref_logps  # Δ = log π/π_ref
     d = desirable.bool()
@@ -52,7 +51,7 @@ def kl_pairs(n: int) -> torch.Tensor:
     return torch.roll(torch.arange(n), 1)
 
 
-def check_kto_balance(n_desirable, n_undesirable, desirable_weight=1.0, undesirable_weight=1.0) -> float:
+def kto_balance(n_desirable, n_undesirable, desirable_weight=1.0, undesirable_weight=1.0) -> float:
     "Ratio λ_D·n_D/(λ_U·n_U); warns (as TRL does) when it is outside [1, 4/3]."
     r = desirable_weight * n_desirable / max(undesirable_weight * n_undesirable, 1e-12)
     if not (1.0 <= r <= 4 / 3):
@@ -63,16 +62,13 @@ def check_kto_balance(n_desirable, n_undesirable, desirable_weight=1.0, undesira
     return r
 
 # %% ../../nbs/26_kto.ipynb #94b1bc07
-def check_kto_loss(fn) -> str:
-    "Check a student's `fn(logps, ref_logps, desirable, kl_logps, kl_ref_logps, beta) -> (B,)`."
+def check_kto_loss(fn):
+    "Check `fn(logps, ref_logps, desirable, kl_logps, kl_ref_logps, beta) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
     g = torch.Generator().manual_seed(3)
     a, b, c, e = (-torch.rand(16, generator=g) * 10 for _ in range(4))
     lab = torch.rand(16, generator=g) > 0.5
     want, got = kto_loss(a, b, lab, c, e, 0.3)[0], fn(a, b, lab, c, e, 0.3)
-    if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
-    return (
-        "correct"
-        if torch.allclose(got, want, atol=1e-5)
-        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    assert got.shape == want.shape, f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    assert torch.allclose(got, want, atol=1e-5), (
+        f"wrong values: max error {(got - want).abs().max():.3g}; z0 = max(0, mean KL log-ratio), detached"
     )

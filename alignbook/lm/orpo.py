@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn.functional as F
-from .dpo import check_same_shape, check_positive
+from ..checks import validate_same_shape, validate_positive
 
 # %% auto #0
 __all__ = ['log1mexp', 'orpo_loss', 'check_orpo_loss']
@@ -26,26 +26,27 @@ def log1mexp(x):
 
 # %% ../../nbs/25_orpo.ipynb #c228186c
 def orpo_loss(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta=0.1):
-    "Per-example ORPO loss (B,), rewards β·avg_w, β·avg_l (B,), and the log-odds ratio (B,) from average log-probs (B,)."
-    check_same_shape(
+    "Per-example ORPO loss (B,), rewards β·avg_w, β·avg_l (B,), log-odds ratio (B,) from average log-probs (B,)."
+    validate_same_shape(
         chosen_avg_logps=chosen_avg_logps, rejected_avg_logps=rejected_avg_logps, chosen_nll=chosen_nll
     )
-    check_positive("beta", beta)
+    validate_positive("beta", beta)
     w, l = chosen_avg_logps.float(), rejected_avg_logps.float()
     log_odds = (w - log1mexp(w)) - (l - log1mexp(l))  # log odds(y_w) − log odds(y_l)
     losses = chosen_nll - beta * F.logsigmoid(log_odds)  # NLL − β·logσ(log-odds ratio)
     return losses, beta * w.detach(), beta * l.detach(), log_odds.detach()
 
 # %% ../../nbs/25_orpo.ipynb #8f188eef
-def check_orpo_loss(fn) -> str:
-    "Check a student's `fn(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta) -> (B,)`."
+def check_orpo_loss(fn):
+    "Check `fn(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
     g = torch.Generator().manual_seed(2)
-    w, l, n = -torch.rand(16, generator=g) * 3, -torch.rand(16, generator=g) * 3, torch.rand(16, generator=g)
-    want, got = orpo_loss(w, l, n, 0.1)[0], fn(w, l, n, 0.1)
-    if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
-    return (
-        "correct"
-        if torch.allclose(got, want, atol=1e-5)
-        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    w, rej, n = (
+        -torch.rand(16, generator=g) * 3,
+        -torch.rand(16, generator=g) * 3,
+        torch.rand(16, generator=g),
+    )
+    want, got = orpo_loss(w, rej, n, 0.1)[0], fn(w, rej, n, 0.1)
+    assert got.shape == want.shape, f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    assert torch.allclose(got, want, atol=1e-5), (
+        f"wrong values: max error {(got - want).abs().max():.3g}; odds(p) = p / (1 − p), from average log-probs"
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
-from .dpo import check_same_shape
+from ..checks import validate_same_shape
 
 # %% auto #0
 __all__ = ['bradley_terry_loss', 'pairwise_accuracy', 'load_reward_model', 'reward_scores', 'reward_pair_loss',
@@ -16,7 +16,7 @@ __all__ = ['bradley_terry_loss', 'pairwise_accuracy', 'load_reward_model', 'rewa
 # %% ../../nbs/21_reward.ipynb #2935c4a9
 def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None):
     "Per-example Bradley–Terry loss −logσ(r_w − r_l [− margin]) (B,) from scalar rewards (B,)."
-    check_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards, margin=margin)
+    validate_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards, margin=margin)
     diff = chosen_rewards - rejected_rewards
     if margin is not None:
         diff = diff - margin  # Llama-2 style margin, as in TRL's RewardTrainer
@@ -25,7 +25,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None):
 
 def pairwise_accuracy(chosen_rewards, rejected_rewards) -> float:
     "Fraction of pairs ranked correctly, r_w > r_l (ties count as wrong)."
-    check_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
+    validate_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
     return (chosen_rewards > rejected_rewards).float().mean().item()
 
 # %% ../../nbs/21_reward.ipynb #9d7cbd8a
@@ -58,15 +58,14 @@ def reward_pair_loss(model, batch):
     }
 
 # %% ../../nbs/21_reward.ipynb #8e154877
-def check_bradley_terry_loss(fn) -> str:
-    "Check a student's `fn(chosen_rewards, rejected_rewards) -> (B,)`."
+def check_bradley_terry_loss(fn):
+    "Check `fn(chosen_rewards, rejected_rewards) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(16, generator=g) * 3, torch.randn(16, generator=g) * 3
     want, got = bradley_terry_loss(a, b), fn(a, b)
-    if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)} (one loss per pair)"
-    return (
-        "correct"
-        if torch.allclose(got, want, atol=1e-5)
-        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    assert got.shape == want.shape, (
+        f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)} (one loss per pair)"
+    )
+    assert torch.allclose(got, want, atol=1e-5), (
+        f"wrong values: max error {(got - want).abs().max():.3g}; the loss is −log σ(r_w − r_l)"
     )

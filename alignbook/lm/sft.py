@@ -13,6 +13,7 @@ from ..data import tokenize_sft, collate_sft, render_example
 from .logps import sequence_logps
 from . import gpoints
 from ..train import Trainer, read_metrics, plot_metrics
+from ..results import TrainResult
 
 # %% auto #0
 __all__ = ['sft_loss', 'sft_loss_fn', 'completion_tokens', 'sft_dataset', 'gpoints_eval_fn', 'train_sft', 'check_sft_loss']
@@ -97,7 +98,7 @@ def gpoints_eval_fn(tokenizer, cfg):
     return eval_fn
 
 
-def train_sft(cfg) -> dict:
+def train_sft(cfg) -> TrainResult:
     "Fine-tune `cfg.model` on `sft_dataset(cfg)`; writes metrics.jsonl, checkpoints and DIR/final."
     model, tok = load_policy(cfg)
     rows = tokenize_sft(sft_dataset(cfg), tok, cfg.max_length)
@@ -111,16 +112,8 @@ def train_sft(cfg) -> dict:
         weight_fn=completion_tokens,
         eval_fn=gpoints_eval_fn(tok, cfg) if is_gpoints and cfg.eval_size else None,
     )
-    last = t.fit()
-    final = t.save_model(Path(t.out_dir) / "final", tok) if t.out_dir else None
-    return {
-        "out_dir": str(t.out_dir) if t.out_dir else None,
-        "final_model": str(final) if final else None,
-        "steps": t.step,
-        **last,
-        "history": t.history,
-        "model": t.unwrapped,
-    }
+    t.fit()
+    return TrainResult.from_trainer(t, cfg, tok)
 
 
 register_objective(
@@ -158,8 +151,8 @@ register_objective(
 )
 
 # %% ../../nbs/10_sft.ipynb #a6c4c464
-def check_sft_loss(fn) -> str:
-    "Check a student's `fn(token_logps, mask) -> (B,)` against `sft_loss`."
+def check_sft_loss(fn):
+    "Check `fn(token_logps, mask) -> (B,)` against `sft_loss`; returns None when right, raises AssertionError with a hint when not."
     g = torch.Generator().manual_seed(0)
     lp = -torch.rand(3, 6, generator=g) * 3
     m = (torch.rand(3, 6, generator=g) > 0.3).long()
@@ -171,4 +164,3 @@ def check_sft_loss(fn) -> str:
     assert torch.allclose(got, want, atol=1e-5), (
         f"expected {want}, got {got}: mean over *completion* tokens of each row"
     )
-    return "correct"

@@ -4,10 +4,9 @@
 
 # %% ../../nbs/24_simpo.ipynb #8cef6655
 from __future__ import annotations
-import math
 import torch
 import torch.nn.functional as F
-from .dpo import check_same_shape, check_positive
+from ..checks import validate_same_shape, validate_positive, validate_finite
 
 # %% auto #0
 __all__ = ['simpo_loss', 'check_simpo_loss']
@@ -15,24 +14,20 @@ __all__ = ['simpo_loss', 'check_simpo_loss']
 # %% ../../nbs/24_simpo.ipynb #26089519
 def simpo_loss(chosen_avg_logps, rejected_avg_logps, beta=2.0, gamma=0.5):
     "Per-example SimPO loss (B,) and rewards β·avg_w, β·avg_l (B,) from average token log-probs (B,)."
-    check_same_shape(chosen_avg_logps=chosen_avg_logps, rejected_avg_logps=rejected_avg_logps)
-    check_positive("beta", beta)
-    if not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
-        raise ValueError(f"`gamma` (the target margin) must be a finite number, got {gamma!r}")
+    validate_same_shape(chosen_avg_logps=chosen_avg_logps, rejected_avg_logps=rejected_avg_logps)
+    validate_positive("beta", beta)
+    validate_finite("gamma", gamma)  # the target margin
     logits = beta * (chosen_avg_logps - rejected_avg_logps) - gamma  # β·Δavg − γ
     losses = -F.logsigmoid(logits)
     return losses, beta * chosen_avg_logps.detach(), beta * rejected_avg_logps.detach()
 
 # %% ../../nbs/24_simpo.ipynb #afc38fe1
-def check_simpo_loss(fn) -> str:
-    "Check a student's `fn(chosen_avg_logps, rejected_avg_logps, beta, gamma) -> (B,)`."
+def check_simpo_loss(fn):
+    "Check `fn(chosen_avg_logps, rejected_avg_logps, beta, gamma) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
     g = torch.Generator().manual_seed(1)
-    w, l = -torch.rand(16, generator=g) * 3, -torch.rand(16, generator=g) * 3
-    want, got = simpo_loss(w, l, 2.0, 0.7)[0], fn(w, l, 2.0, 0.7)
-    if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
-    return (
-        "correct"
-        if torch.allclose(got, want, atol=1e-5)
-        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    w, rej = -torch.rand(16, generator=g) * 3, -torch.rand(16, generator=g) * 3
+    want, got = simpo_loss(w, rej, 2.0, 0.7)[0], fn(w, rej, 2.0, 0.7)
+    assert got.shape == want.shape, f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    assert torch.allclose(got, want, atol=1e-5), (
+        f"wrong values: max error {(got - want).abs().max():.3g}; subtract γ after scaling by β"
     )

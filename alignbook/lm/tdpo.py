@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
-from .dpo import check_same_shape, check_positive
+from ..checks import validate_same_shape, validate_positive, validate_choice
 
 # %% auto #0
 __all__ = ['sequential_kl', 'tdpo_loss', 'check_sequential_kl']
@@ -29,15 +29,14 @@ def tdpo_loss(
     chosen_logratio, rejected_logratio, chosen_seq_kl, rejected_seq_kl, beta=0.1, alpha=0.5, variant=2
 ):
     "Per-example TDPO loss (B,) and rewards β·Δ_w, β·Δ_l (B,) from summed log-ratios and sequential KLs (B,)."
-    check_same_shape(
+    validate_same_shape(
         chosen_logratio=chosen_logratio,
         rejected_logratio=rejected_logratio,
         chosen_seq_kl=chosen_seq_kl,
         rejected_seq_kl=rejected_seq_kl,
     )
-    check_positive("beta", beta)
-    if variant not in (1, 2):
-        raise ValueError(f"`variant` must be 1 (TDPO1) or 2 (TDPO2), got {variant!r}")
+    validate_positive("beta", beta)
+    validate_choice("variant", variant, (1, 2))  # TDPO1, TDPO2
     d = chosen_logratio - rejected_logratio
     if variant == 1:
         u = beta * (d - (rejected_seq_kl - chosen_seq_kl))  # TDPO1
@@ -46,18 +45,15 @@ def tdpo_loss(
     return -F.logsigmoid(u), beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 # %% ../../nbs/27_tdpo.ipynb #8dc20542
-def check_sequential_kl(fn) -> str:
-    "Check a student's `fn(logits, ref_logits, mask) -> (B,)`."
+def check_sequential_kl(fn):
+    "Check `fn(logits, ref_logits, mask) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(3, 6, 9, generator=g), torch.randn(3, 6, 9, generator=g)
     m = (torch.rand(3, 6, generator=g) > 0.3).float()
     want, got = sequential_kl(a, b, m), fn(a, b, m)
-    if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
-    if torch.allclose(got, sequential_kl(b, a, m), atol=1e-5) and not torch.allclose(got, want, atol=1e-5):
-        return "direction reversed: TDPO uses KL(π_ref ‖ π_θ), weights from the reference"
-    return (
-        "correct"
-        if torch.allclose(got, want, atol=1e-5)
-        else f"wrong values: max error {(got - want).abs().max():.3g}"
+    assert got.shape == want.shape, f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    reversed_ = torch.allclose(got, sequential_kl(b, a, m), atol=1e-5)
+    assert torch.allclose(got, want, atol=1e-5) or not reversed_, (
+        "direction reversed: TDPO uses KL(π_ref ‖ π_θ), weights from the reference"
     )
+    assert torch.allclose(got, want, atol=1e-5), f"wrong values: max error {(got - want).abs().max():.3g}"
