@@ -13,12 +13,12 @@ __all__ = ['PeakMemory', 'sync', 'spawn_arm', 'ratio']
 # %% ../../nbs/92_bench.ipynb #236c11f1
 def _proc_mb() -> tuple[float, float]:
     with open("/proc/self/status") as f:
-        d = dict(l.split(":", 1) for l in f)
+        d = dict(line.split(":", 1) for line in f)
     return int(d["VmRSS"].split()[0]) / 1024, int(d["VmHWM"].split()[0]) / 1024
 
 
 class PeakMemory:
-    "Peak memory growth since `start()`: CUDA max_memory_allocated, or CPU VmHWM (reset via /proc/self/clear_refs)."
+    "Peak memory growth since `start()`: CUDA max_memory_allocated, or CPU VmHWM (reset by clear_refs)."
 
     def __init__(self, cuda: bool | None = None):
         self.cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -62,10 +62,10 @@ def spawn_arm(module: str, fn: str, arm: str, spec: dict) -> dict:
     "Run `module.fn(arm, spec) -> dict` in a fresh Python process and return its result."
     code = f"import json; from {module} import {fn}; print('@@' + json.dumps({fn}({arm!r}, {spec!r})))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    line = [l for l in p.stdout.splitlines() if l.startswith("@@")]
-    if p.returncode or not line:
+    marked = [s for s in p.stdout.splitlines() if s.startswith("@@")]
+    if p.returncode or not marked:
         raise RuntimeError(f"benchmark arm {arm!r} failed:\n{p.stderr[-3000:]}")
-    return json.loads(line[-1][2:])
+    return json.loads(marked[-1][2:])
 
 
 def ratio(res: dict, a: str, b: str, key: str) -> float | None:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/92b_bench_dpo.ipynb #ffec35a6
 from __future__ import annotations
-import argparse, copy, json, os, statistics, subprocess, sys, tempfile, time
+import argparse, copy, statistics, tempfile, time
 import torch
 from ..config import register_benchmark, get_config
 
@@ -25,7 +25,7 @@ def run_arm(arm: str, spec: dict) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from alignbook.models import toy_tokenizer, toy_model, add_lora, count_params
+    from alignbook.models import toy_tokenizer, toy_model, add_lora
     from alignbook.lm.prefdata import gpoints_preferences
 
     cuda = torch.cuda.is_available()
@@ -154,7 +154,7 @@ def _spawn(arm, spec) -> dict:
 
 
 def bench_dpo(argv: list[str]) -> dict:
-    "`alignbook bench dpo [--steps 8] [--warmup 2] [--batch 8] [--hidden 256] [--layers 4] [--repeats 2]`: JSON with ratios."
+    "`alignbook bench dpo [--steps 8] [--warmup 2] [--batch 8] [--hidden 256] [--layers 4] [--repeats 2]`."
     ap = argparse.ArgumentParser(prog="alignbook bench dpo")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)

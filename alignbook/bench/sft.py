@@ -14,7 +14,7 @@ __all__ = ['fixed_length_sft_data', 'sft_arm', 'bench_sft']
 
 # %% ../../nbs/92a_bench_sft.ipynb #ab3c1cc9
 def fixed_length_sft_data(n: int, prompt_len: int = 48, completion_len: int = 64, seed: int = 0):
-    "Conversational SFT rows of fixed character lengths, so both arms see batches of identical shapes whatever their order."
+    "Conversational SFT rows of fixed lengths: both arms see batches of identical shapes in any order."
     import random
     from datasets import Dataset
 
@@ -127,7 +127,7 @@ def sft_arm(arm: str, spec: dict) -> dict:
 
 
 def bench_sft(argv: list[str]) -> dict:
-    "`alignbook bench sft [--steps 10] [--warmup 2] [--batch 16] [--hidden 256] [--layers 4]`: JSON with ratios vs TRL."
+    "`alignbook bench sft [--steps 10] [--warmup 2] [--batch 16] [--hidden 256] [--layers 4]`: JSON, vs TRL."
     ap = argparse.ArgumentParser(prog="alignbook bench sft")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)

@@ -4,7 +4,6 @@
 
 # %% ../../nbs/22_dpo.ipynb #b0c4527e
 from __future__ import annotations
-import math
 import torch
 import torch.nn.functional as F
 from ..checks import validate_same_shape, validate_positive, validate_choice
@@ -79,7 +78,7 @@ def preference_metrics(chosen_rewards, rejected_rewards, chosen_logps=None, reje
 
 # %% ../../nbs/22_dpo.ipynb #80ffc827
 def check_dpo_loss(fn):
-    "Check `fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
+    "Check `fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,)`."
     g = torch.Generator().manual_seed(0)
     x = [-torch.rand(16, generator=g) * 30 for _ in range(4)]
     want, got = dpo_loss(*x, beta=0.2)[0], fn(*x, beta=0.2)
@@ -87,5 +86,5 @@ def check_dpo_loss(fn):
         f"wrong shape: want {tuple(want.shape)} (one loss per example), got {tuple(got.shape)}"
     )
     assert torch.allclose(got, want, atol=1e-5), (
-        f"wrong values: max error {(got - want).abs().max().item():.3g}; the margin is (Δ_w − Δ_l), Δ = log π − log π_ref"
+        f"wrong values: max error {(got - want).abs().max().item():.3g}; margin Δ_w − Δ_l, Δ = log π/π_ref"
     )

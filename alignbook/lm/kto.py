@@ -28,7 +28,7 @@ def kto_loss(
     desirable_weight=1.0,
     undesirable_weight=1.0,
 ):
-    "Per-example KTO loss (B,), implicit rewards β·Δ (B,) and z0 from summed log-probs (B,) and labels (B,) bool."
+    "Per-example KTO loss (B,), implicit rewards β·Δ (B,), z0; from summed log-probs (B,), bool labels (B,)."
     validate_same_shape(logps=logps, ref_logps=ref_logps, desirable=desirable)
     validate_positive("beta", beta)
     validate_nonnegative("desirable_weight", desirable_weight)
@@ -63,7 +63,7 @@ def kto_balance(n_desirable, n_undesirable, desirable_weight=1.0, undesirable_we
 
 # %% ../../nbs/26_kto.ipynb #94b1bc07
 def check_kto_loss(fn):
-    "Check `fn(logps, ref_logps, desirable, kl_logps, kl_ref_logps, beta) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
+    "Check `fn(logps, ref_logps, desirable, kl_logps, kl_ref_logps, beta) -> (B,)`: None, or AssertionError."
     g = torch.Generator().manual_seed(3)
     a, b, c, e = (-torch.rand(16, generator=g) * 10 for _ in range(4))
     lab = torch.rand(16, generator=g) > 0.5

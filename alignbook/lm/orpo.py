@@ -17,7 +17,7 @@ def log1mexp(x):
     "log(1 − eˣ) for x ≤ 0, stable near 0 and for very negative x (branch at −ln 2)."
     x = torch.clamp(x, max=0.0)
     low = x < -math.log(2)
-    # feed each branch only inputs it is accurate on, so the unused branch cannot put inf/NaN into the gradient
+    # feed each branch only inputs it is accurate on: the unused branch cannot put inf/NaN into the gradient
     x_low, x_high = (
         torch.where(low, x, torch.full_like(x, -1.0)),
         torch.where(low, torch.full_like(x, -0.5), x),
@@ -26,19 +26,19 @@ def log1mexp(x):
 
 # %% ../../nbs/25_orpo.ipynb #c228186c
 def orpo_loss(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta=0.1):
-    "Per-example ORPO loss (B,), rewards β·avg_w, β·avg_l (B,), log-odds ratio (B,) from average log-probs (B,)."
+    "Per-example ORPO loss (B,), rewards β·avg_w, β·avg_l (B,), log-odds ratio (B,), from avg log-probs (B,)."
     validate_same_shape(
         chosen_avg_logps=chosen_avg_logps, rejected_avg_logps=rejected_avg_logps, chosen_nll=chosen_nll
     )
     validate_positive("beta", beta)
-    w, l = chosen_avg_logps.float(), rejected_avg_logps.float()
-    log_odds = (w - log1mexp(w)) - (l - log1mexp(l))  # log odds(y_w) − log odds(y_l)
+    w, rej = chosen_avg_logps.float(), rejected_avg_logps.float()
+    log_odds = (w - log1mexp(w)) - (rej - log1mexp(rej))  # log odds(y_w) − log odds(y_l)
     losses = chosen_nll - beta * F.logsigmoid(log_odds)  # NLL − β·logσ(log-odds ratio)
-    return losses, beta * w.detach(), beta * l.detach(), log_odds.detach()
+    return losses, beta * w.detach(), beta * rej.detach(), log_odds.detach()
 
 # %% ../../nbs/25_orpo.ipynb #8f188eef
 def check_orpo_loss(fn):
-    "Check `fn(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
+    "Check `fn(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta) -> (B,)`: None, or AssertionError."
     g = torch.Generator().manual_seed(2)
     w, rej, n = (
         -torch.rand(16, generator=g) * 3,
@@ -48,5 +48,5 @@ def check_orpo_loss(fn):
     want, got = orpo_loss(w, rej, n, 0.1)[0], fn(w, rej, n, 0.1)
     assert got.shape == want.shape, f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
     assert torch.allclose(got, want, atol=1e-5), (
-        f"wrong values: max error {(got - want).abs().max():.3g}; odds(p) = p / (1 − p), from average log-probs"
+        f"wrong values: max error {(got - want).abs().max():.3g}; odds(p) = p/(1 − p) of average log-probs"
     )

@@ -9,7 +9,6 @@ from alignbook.data import (
     tokenize_preference,
     tokenize_unpaired,
     collate_preference,
-    collate_sft,
     collate_kto,
     render_prompt,
 )
@@ -23,12 +22,12 @@ __all__ = ['lm_inputs', 'add_kl_rows', 'build_data', 'shared_prompt_logps', 'add
 
 # %% ../../nbs/28a_prefbatch.ipynb #698c4dd1
 def lm_inputs(batch: dict, prefix: str = "") -> dict:
-    "The tensors `sequence_logps` reads (input_ids, attention_mask, completion_mask), under `prefix` in `batch`."
+    "The tensors `sequence_logps` reads (input_ids, attention_mask, completion_mask), under `prefix`."
     return {k: batch[prefix + k] for k in ("input_ids", "attention_mask", "completion_mask")}
 
 # %% ../../nbs/28a_prefbatch.ipynb #f58f5564
 def add_kl_rows(rows: list[dict]) -> list[dict]:
-    "Give each tokenised unpaired row `kl_ids`/`kl_mask`: its prompt + the completion of an earlier row with another prompt."
+    "Give each unpaired row `kl_ids`/`kl_mask`: its prompt + the completion of an earlier row, other prompt."
     n = len(rows)
     if n < 2:
         raise ValueError("KTO needs at least 2 rows to build mismatched pairs")
@@ -50,7 +49,7 @@ _DATA_CACHE: dict = {}
 
 
 def build_data(cfg, tok) -> dict:
-    "Tokenised train/eval rows, the collate function and (toy) the evaluation hands, for `cfg.objective` (cached)."
+    "Tokenised train/eval rows, collate function and (toy) evaluation hands for `cfg.objective` (cached)."
     kto = cfg.objective == "kto"
     key = (
         cfg.dataset,
@@ -93,7 +92,8 @@ def _build_data(cfg, tok, kto) -> dict:
         )
         if len(full) < n0:
             print(
-                f"dropped {n0 - len(full)} of {n0} rows whose prompt has max_prompt_length={mpl} tokens or more"
+                f"dropped {n0 - len(full)} of {n0} rows whose prompt has max_prompt_length={mpl} tokens "
+                "or more"
             )
         if len(full) < 2:
             raise ValueError(
@@ -146,7 +146,7 @@ def shared_prompt_logps(model, batch, sides=("chosen", "rejected")):
 def add_reference_logps(
     ref: Reference, policy, rows, objective: str, pad_id: int, cache_dir, batch_size=32, device=None
 ) -> list[dict]:
-    "Rows with the reference's log-probs stored (pairs: ref_chosen/ref_rejected_logps; KTO: ref_logps, ref_kl_logps)."
+    "Rows with reference log-probs (pairs: ref_chosen/ref_rejected_logps; KTO: ref_logps, ref_kl_logps)."
     kw = dict(batch_size=batch_size, device=device)
     if objective != "kto":
         collate = lambda rs: collate_preference(rs, pad_id)

@@ -13,12 +13,10 @@ from alignbook.lm.gpoints import (
     OOD_RULE,
     Hand,
     sample_hand,
-    eval_hands,
     held_out_hands,
     toy_prompt,
     expert_response,
     score_response,
-    solve,
 )
 
 # %% auto #0
@@ -87,7 +85,7 @@ def _training_hands(n, rule, rng, exclude_eval=True):
 def gpoints_preferences(
     n: int, rule=ID_RULE, seed: int = 0, hands=None, exclude_eval: bool = True
 ) -> Dataset:
-    "`n` conversational prompt/chosen/rejected pairs (+ cards, rule, chosen/rejected verifier rewards); evaluation hands excluded."
+    "`n` conversational prompt/chosen/rejected pairs (+ cards, rule, verifier rewards); no evaluation hands."
     rng = random.Random(f"alignbook-prefdata-{seed}")
     hands = list(hands) if hands is not None else _training_hands(n, rule, rng, exclude_eval)
     rows = []
@@ -109,7 +107,7 @@ def gpoints_preferences(
 
 
 def unpair_preferences(ds: Dataset) -> Dataset:
-    "Unpaired rows for KTO: each pair gives (prompt, chosen, True) and (prompt, rejected, False), interleaved."
+    "Unpaired rows for KTO: each pair gives (prompt, chosen, True) and (prompt, rejected, False)."
     validate_dataset(ds, "preference")
     rows = []
     for r in ds:
@@ -148,7 +146,7 @@ def extract_prompt(row: dict) -> dict:
 def load_preference_dataset(
     name_or_path: str, split: str = "train", kind: str = "preference", n: int | None = None
 ) -> Dataset:
-    "A validated TRL-format dataset (`kind` 'preference' or 'unpaired') from the Hub, a local file or directory."
+    "A validated TRL-format dataset (`kind` 'preference' or 'unpaired'): Hub id, local file or directory."
     from datasets import load_dataset, load_from_disk
 
     p = Path(name_or_path)

@@ -24,14 +24,14 @@ def eval_pairs(model, ref: Reference, rows, collate, batch_size=32, device=None)
             b = {k: v.to(device) for k, v in b.items()}
         with eval_mode(model):
             p = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
-        w, l = p.chunk2()
+        w, rej = p.chunk2()
         rw, rl = ref.logps(model, b).chunk(2)
-        acc.append(w.avg > l.avg)
-        impl.append((w.sum - rw) > (l.sum - rl))
+        acc.append(w.avg > rej.avg)
+        impl.append((w.sum - rw) > (rej.sum - rl))
         dw.append(w.sum - rw)
-        dl.append(l.sum - rl)
+        dl.append(rej.sum - rl)
         lw.append(w.sum)
-        ll.append(l.sum)
+        ll.append(rej.sum)
     c = lambda xs: torch.cat(xs).float().mean().item()
     return {
         "eval/pref_acc": c(acc),
@@ -47,7 +47,7 @@ def eval_pairs(model, ref: Reference, rows, collate, batch_size=32, device=None)
 def eval_generation(
     model, tok, ref: Reference, hands, prompts, max_new_tokens=48, ref_rewards=None, device=None
 ) -> dict:
-    "Verifier success of greedy answers, win rate against the reference's answers, sequential KL(π‖π_ref) along them."
+    "Verifier success of greedy answers, win rate against the reference's, sequential KL(π‖π_ref) along them."
     from alignbook.lm.rollout import sample_completions, pack_batch
 
     with eval_mode(model):

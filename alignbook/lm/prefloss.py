@@ -51,7 +51,7 @@ def _ref_pair_logps(ref, model, batch):
 
 
 def _full_sequence_sides(model, batch):
-    "Both sides' completion log-probs and the chosen rows' token-mean NLL over prompt + response, one forward."
+    "Both sides' completion log-probs, the chosen rows' token-mean NLL over prompt + response; one forward."
     full = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["attention_mask"])
     cm = batch["completion_mask"][:, 1:].bool()
     n, s = cm.sum(1), full.token_logps.masked_fill(~cm, 0.0).sum(1)

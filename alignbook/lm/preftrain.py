@@ -34,7 +34,7 @@ __all__ = ['PREF_TOY', 'PREF_GPU', 'OBJECTIVE_DEFAULTS', 'disable_dropout', 'tra
 
 # %% ../../nbs/28_preftrain.ipynb #d15d0a7e
 def disable_dropout(model):
-    "Set every dropout of `model` to 0 for good (nn.Dropout modules and attention dropout rates), as TRL does."
+    "Set every dropout of `model` to 0 for good (nn.Dropout modules, attention dropout), as TRL does."
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -46,7 +46,7 @@ def disable_dropout(model):
 
 # %% ../../nbs/28_preftrain.ipynb #36c7e89f
 def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = False):
-    "Train `cfg.objective` (dpo, ipo, simpo, orpo, kto, tdpo, sft_chosen) with the shared Trainer: a `TrainResult`."
+    "Train `cfg.objective` (dpo, ipo, simpo, orpo, kto, tdpo, sft_chosen) on the shared Trainer."
     obj = cfg.objective
     set_seed(cfg.seed)
     if model is None:

@@ -59,7 +59,7 @@ def reward_pair_loss(model, batch):
 
 # %% ../../nbs/21_reward.ipynb #8e154877
 def check_bradley_terry_loss(fn):
-    "Check `fn(chosen_rewards, rejected_rewards) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
+    "Check `fn(chosen_rewards, rejected_rewards) -> (B,)`: None if right, else AssertionError."
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(16, generator=g) * 3, torch.randn(16, generator=g) * 3
     want, got = bradley_terry_loss(a, b), fn(a, b)

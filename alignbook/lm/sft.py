@@ -4,15 +4,13 @@
 
 # %% ../../nbs/10_sft.ipynb #8aa8ae6f
 from __future__ import annotations
-import json, random
-from pathlib import Path
 import torch
-from ..config import register_objective, get_config, Config
+from ..config import register_objective
 from ..models import load_policy
-from ..data import tokenize_sft, collate_sft, render_example
+from ..data import tokenize_sft, collate_sft
 from .logps import sequence_logps
 from . import gpoints
-from ..train import Trainer, read_metrics, plot_metrics
+from ..train import Trainer
 from ..results import TrainResult
 
 # %% auto #0
@@ -35,7 +33,7 @@ def sft_loss(token_logps: torch.Tensor, mask: torch.Tensor, dft: bool = False) -
 
 
 def sft_loss_fn(dft: bool = False):
-    "A Trainer `loss_fn`: token-mean SFT loss of a collated SFT batch (use with `weight_fn=completion_tokens`)."
+    "A Trainer `loss_fn`: token-mean SFT loss of a collated batch (with `weight_fn=completion_tokens`)."
 
     def loss_fn(model, b):
         lp = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
@@ -60,7 +58,7 @@ def _messages_to_pc(row: dict) -> dict:
 
 
 def sft_dataset(cfg):
-    "The SFT training set named by `cfg.dataset`: 'gpoints-id' / 'gpoints-ood' (synthetic) or a HF dataset id/path."
+    "The SFT set named by `cfg.dataset`: 'gpoints-id' / 'gpoints-ood' (synthetic) or a HF dataset id/path."
     if str(cfg.dataset).startswith("gpoints-"):
         rule = {"gpoints-id": gpoints.ID_RULE, "gpoints-ood": gpoints.OOD_RULE}[cfg.dataset]
         return gpoints.make_sft_dataset(
@@ -152,7 +150,7 @@ register_objective(
 
 # %% ../../nbs/10_sft.ipynb #a6c4c464
 def check_sft_loss(fn):
-    "Check `fn(token_logps, mask) -> (B,)` against `sft_loss`; returns None when right, raises AssertionError with a hint when not."
+    "Check `fn(token_logps, mask) -> (B,)` against `sft_loss`: None if right, else AssertionError."
     g = torch.Generator().manual_seed(0)
     lp = -torch.rand(3, 6, generator=g) * 3
     m = (torch.rand(3, 6, generator=g) > 0.3).long()

@@ -23,7 +23,7 @@ def simpo_loss(chosen_avg_logps, rejected_avg_logps, beta=2.0, gamma=0.5):
 
 # %% ../../nbs/24_simpo.ipynb #afc38fe1
 def check_simpo_loss(fn):
-    "Check `fn(chosen_avg_logps, rejected_avg_logps, beta, gamma) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
+    "Check `fn(chosen_avg_logps, rejected_avg_logps, beta, gamma) -> (B,)`: None, or AssertionError."
     g = torch.Generator().manual_seed(1)
     w, rej = -torch.rand(16, generator=g) * 3, -torch.rand(16, generator=g) * 3
     want, got = simpo_loss(w, rej, 2.0, 0.7)[0], fn(w, rej, 2.0, 0.7)

@@ -46,7 +46,7 @@ def tdpo_loss(
 
 # %% ../../nbs/27_tdpo.ipynb #8dc20542
 def check_sequential_kl(fn):
-    "Check `fn(logits, ref_logits, mask) -> (B,)`; returns None when right, raises AssertionError with a hint when not."
+    "Check `fn(logits, ref_logits, mask) -> (B,)`: None if right, else AssertionError."
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(3, 6, 9, generator=g), torch.randn(3, 6, 9, generator=g)
     m = (torch.rand(3, 6, generator=g) > 0.3).float()
