@@ -1,4 +1,4 @@
-"Tests for alignbook.lm.kto: TRL's formula (z0 clamped, detached, from rotated pairs), 0.5 at init, gradients, bad input."
+"Tests for alignbook.lm.kto: TRL's formula (z0 clamped, detached, rotated pairs), 0.5 at init, bad input."
 
 import pytest, torch, warnings
 from alignbook.lm.kto import kto_loss, kto_reference_point, kl_pairs, kto_balance

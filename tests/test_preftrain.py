@@ -1,10 +1,10 @@
-"Tests for alignbook.lm.preftrain: ln 2 at init through model → log-probs → loss for every objective and reference path; registration; a short run."
+"Tests for alignbook.lm.preftrain: ln 2 at init through the pipeline, every objective and reference path."
 
 import math, pytest, torch
-from alignbook.config import get_config, OBJECTIVES
+from alignbook.config import get_config
 from alignbook.models import toy_model, toy_tokenizer, add_lora
 from alignbook.lm.reference import make_reference, precompute_reference, PrecomputedReference
-from alignbook.lm.preftrain import build_data, paired_loss_fn, kto_loss_fn, add_kl_rows, collate_kto
+from alignbook.lm.preftrain import build_data, paired_loss_fn, kto_loss_fn, add_kl_rows
 from alignbook.lm.prefbatch import add_reference_logps
 
 TOK = toy_tokenizer()
@@ -127,7 +127,7 @@ def test_build_data_from_local_trl_file(tmp_path):
 
 @pytest.mark.parametrize("objective", ["dpo", "kto"])
 def test_gpu_preset_path_on_local_model_and_data(objective, tmp_path):
-    "The gpu preset's code path (LoRA, disabled-adapter reference, TRL-format data) on a local save_pretrained model and file."
+    "The gpu preset's code path (LoRA, adapters-off reference, TRL-format data) on a local model and file."
     import json
 
     mdir = tmp_path / "model"

@@ -1,4 +1,4 @@
-"Tests for alignbook.lm.reference: the four reference paths agree, stay frozen, and the cache key tracks data and weights."
+"Tests for alignbook.lm.reference: the four ways agree, stay frozen; the cache key tracks data and weights."
 
 import pytest, torch
 from alignbook.models import toy_model, toy_tokenizer, add_lora
@@ -62,11 +62,11 @@ def test_four_ways_identical_losses_fresh_adapter(policy, tmp_path):
     refs["precomputed"] = make_reference("precomputed", policy)
     pb = collate(pre_rows)
     pol = policy_logps(policy, b)
-    w, l = pol.chunk(2)
+    w, rej = pol.chunk(2)
     losses = {}
     for k, r in refs.items():
         rw, rl = r.logps(policy, pb).chunk(2)
-        losses[k] = dpo_loss(w, l, rw, rl)[0]
+        losses[k] = dpo_loss(w, rej, rw, rl)[0]
     for k in REFERENCES:
         torch.testing.assert_close(losses[k], losses["copy"], rtol=0, atol=1e-6)
         torch.testing.assert_close(
