@@ -145,3 +145,20 @@ def test_ref_model_is_honoured(objective, reference, tmp_path):
     want = cfg.beta * delta[keep].mean().item()
     got = tr.history[0]["rewards/chosen"]
     assert abs(want) > 1e-3 and got == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+def test_layering_of_bench_package():
+    "Benchmarks live under alignbook.bench; preference modules never import it; it never imports the CLI."
+    import re
+    from pathlib import Path
+    import alignbook
+
+    root = Path(alignbook.__file__).parent
+    assert {"__init__.py", "sft.py", "dpo.py"} <= {p.name for p in (root / "bench").glob("*.py")}
+    assert not (root / "bench.py").exists() and not (root / "lm" / "prefbench.py").exists()
+    for p in (root / "bench").glob("*.py"):
+        assert not re.search(r"alignbook\.cli|from \.\.cli|import cli", p.read_text()), p.name
+    mine = "dpo simpo orpo kto tdpo reward prefdata sft reference prefbatch prefloss prefeval preftrain".split()
+    for name in mine:
+        src = (root / "lm" / f"{name}.py").read_text()
+        assert not re.search(r"alignbook\.bench|from \.\.bench", src), name
