@@ -158,7 +158,7 @@ def test_layering_of_bench_package():
     assert not (root / "bench.py").exists() and not (root / "lm" / "prefbench.py").exists()
     for p in (root / "bench").glob("*.py"):
         assert not re.search(r"alignbook\.cli|from \.\.cli|import cli", p.read_text()), p.name
-    mine = "dpo simpo orpo kto tdpo reward prefdata sft reference prefbatch prefloss prefeval preftrain".split()
-    for name in mine:
+    mine = "dpo simpo orpo kto tdpo reward prefdata sft reference prefbatch prefloss prefeval preftrain"
+    for name in mine.split():
         src = (root / "lm" / f"{name}.py").read_text()
         assert not re.search(r"alignbook\.bench|from \.\.bench", src), name
