@@ -16,6 +16,7 @@ from alignbook.bench import (
     PeakMemory,
     spawn_arm,
     sync,
+    ratio,
 )  # the shared measurement mechanism (see the benchmarks chapter)
 
 # %% ../../nbs/92b_bench_dpo.ipynb #091da007
@@ -191,7 +192,6 @@ def bench_dpo(argv: list[str]) -> dict:
             "peak_mem_mb": min(x["peak_mem_mb"] for x in rs),
             "all_time_per_step_s": [round(x["time_per_step_s"], 4) for x in rs],
         }
-    r = lambda x, y, k: res[x][k] / res[y][k] if x in res and y in res and res[y][k] > 0 else None
     from alignbook.models import toy_model, toy_tokenizer, count_params
 
     out = dict(
@@ -203,13 +203,13 @@ def bench_dpo(argv: list[str]) -> dict:
             "params": count_params(toy_model(toy_tokenizer(), **spec["model_kw"])),
         },
         arms=res,
-        ratio_time_vs_trl=r("ours", "trl", "time_per_step_s"),
-        ratio_mem_vs_trl=r("ours", "trl", "peak_mem_mb"),
-        ratio_time_shared_prompt_vs_trl=r("ours_shared", "trl", "time_per_step_s"),
-        ratio_mem_shared_prompt_vs_trl=r("ours_shared", "trl", "peak_mem_mb"),
-        ratio_time_precomputed_vs_online=r("ours_precomputed", "ours", "time_per_step_s"),
-        ratio_mem_lora_disabled_vs_copy=r("lora_disabled", "lora_copy", "peak_mem_mb"),
-        ratio_time_lora_disabled_vs_copy=r("lora_disabled", "lora_copy", "time_per_step_s"),
+        ratio_time_vs_trl=ratio(res, "ours", "trl", "time_per_step_s"),
+        ratio_mem_vs_trl=ratio(res, "ours", "trl", "peak_mem_mb"),
+        ratio_time_shared_prompt_vs_trl=ratio(res, "ours_shared", "trl", "time_per_step_s"),
+        ratio_mem_shared_prompt_vs_trl=ratio(res, "ours_shared", "trl", "peak_mem_mb"),
+        ratio_time_precomputed_vs_online=ratio(res, "ours_precomputed", "ours", "time_per_step_s"),
+        ratio_mem_lora_disabled_vs_copy=ratio(res, "lora_disabled", "lora_copy", "peak_mem_mb"),
+        ratio_time_lora_disabled_vs_copy=ratio(res, "lora_disabled", "lora_copy", "time_per_step_s"),
         goals=dict(
             time_vs_trl="<= 0.8",
             mem_vs_trl="<= 1.0",
