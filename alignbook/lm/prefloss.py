@@ -124,7 +124,7 @@ def paired_loss_fn(objective: str, cfg, ref: Reference | None):
         elif objective == "orpo":
             nll = chosen_nll.expand_as(w.avg) if full_nll else -w.avg  # per row; its mean is the NLL term
             losses, cr, rr, log_odds = orpo_loss(w.avg, rej.avg, nll, beta=cfg.beta)
-            extra = {"nll": nll.mean(), "log_odds_ratio": log_odds.mean()}
+            extra = {"nll": nll.mean().detach(), "log_odds_ratio": log_odds.mean()}
         else:  # tdpo
             r = ref.forward(model, batch, return_logits=True)
             ref_w, ref_rej = r.chunk2()
