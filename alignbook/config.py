@@ -23,7 +23,8 @@ COMMON = {
     "preset": "toy",
     "seed": 0,
     "model": "toy-base",  # the book's own small pretrained model, shipped with the package
-    "ref_model": None,  # None: the reference is the starting policy (or the base under LoRA)
+    "ref_model": None,  # reference weights (name or path); None: the policy's own starting weights
+    "reference": "auto",  # copy | disabled_adapter | second_adapter | precomputed; auto: LoRA off, else copy
     "dataset": None,  # None: the objective's synthetic GeneralPoints / toy-digits data
     "max_length": 128,  # prompt + completion tokens; the toy task's rows are far shorter
     "max_prompt_length": 96,
@@ -138,14 +139,11 @@ def register_evaluator(name: str, fn: Callable):
     return fn
 
 # %% ../nbs/00_config.ipynb #93159dd6
-_PLUGIN_PACKAGES = ("alignbook.lm", "alignbook.diffusion")
-_PLUGIN_MODULES = ("alignbook.bench",)
+_PLUGIN_PACKAGES = ("alignbook.lm", "alignbook.diffusion", "alignbook.bench")
 
 
 def load_plugins(packages=_PLUGIN_PACKAGES) -> dict[str, Objective]:
     "Import every chapter module so its objectives, benchmarks and evaluators register."
-    for m in _PLUGIN_MODULES:
-        importlib.import_module(m)
     for pkg_name in packages:
         try:
             pkg = importlib.import_module(pkg_name)

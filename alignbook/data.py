@@ -12,7 +12,7 @@ import torch
 # %% auto #0
 __all__ = ['KINDS', 'ROLES', 'DATA_SUFFIXES', 'DataFormatError', 'validate_dataset', 'read_jsonl', 'load_rows', 'guess_kind',
            'render_prompt', 'render_example', 'tokenize_sft', 'tokenize_preference', 'tokenize_unpaired', 'pad',
-           'collate_sft', 'collate_preference']
+           'collate_sft', 'collate_preference', 'collate_kto', 'collate_shared_prompt']
 
 # %% ../nbs/03_data.ipynb #f4787f4e
 KINDS = {
@@ -409,3 +409,52 @@ def collate_preference(rows: list[dict], pad_id: int) -> dict:
         "completion_mask": pad(masks, 0),
         **_extras(rows),
     }
+
+# %% ../nbs/03_data.ipynb #814de6a3
+def collate_kto(rows: list[dict], pad_id: int) -> dict:
+    "Batch unpaired rows (input_ids, …, label) and their mismatched twins (`kl_ids`, `kl_mask`) under `kl_*`."
+    main = collate_sft([{k: v for k, v in r.items() if k not in ("kl_ids", "kl_mask")} for r in rows], pad_id)
+    kl = collate_sft([{"input_ids": r["kl_ids"], "completion_mask": r["kl_mask"]} for r in rows], pad_id)
+    return {**main, **{f"kl_{k}": v for k, v in kl.items()}}
+
+
+def _gather_index(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+    "Pad (positions, tokens) lists into (B, T) position, token and mask tensors."
+    T = max(1, max(len(p) for p, _ in pairs))
+    pos = torch.tensor([p + [0] * (T - len(p)) for p, _ in pairs], dtype=torch.long)
+    tok = torch.tensor([t + [pad_id] * (T - len(t)) for _, t in pairs], dtype=torch.long)
+    mask = torch.tensor([[1] * len(p) + [0] * (T - len(p)) for p, _ in pairs], dtype=torch.bool)
+    return pos, tok, mask
+
+
+def collate_shared_prompt(rows: list[dict], pad_id: int) -> dict:
+    "Pack preference rows as prompt+chosen+rejected rows: a 4-D mask, positions, gather indices per side."
+    seqs, positions, sides = [], [], {"prompt": [], "chosen": [], "rejected": []}
+    for i, r in enumerate(rows):
+        k = r["chosen_mask"].index(1)
+        if r["rejected_mask"].index(1) != k or r["chosen_ids"][:k] != r["rejected_ids"][:k]:
+            raise ValueError(
+                f"row {i}: chosen and rejected do not share the same prompt tokens; use share_prompt=False"
+            )
+        prompt, chosen, rejected = r["chosen_ids"][:k], r["chosen_ids"][k:], r["rejected_ids"][k:]
+        seqs.append(prompt + chosen + rejected)
+        positions.append(list(range(k + len(chosen))) + list(range(k, k + len(rejected))))
+        # the logits at position j predict the token at j + 1
+        sides["prompt"].append((list(range(k - 1)), prompt[1:]))
+        sides["chosen"].append(([k - 1 + j for j in range(len(chosen))], chosen))
+        end = k + len(chosen)
+        sides["rejected"].append(([k - 1] + [end + j for j in range(len(rejected) - 1)], rejected))
+    B, L = len(seqs), max(map(len, seqs))
+    allow = torch.zeros(B, 1, L, L, dtype=torch.bool)
+    causal = torch.tril(torch.ones(L, L, dtype=torch.bool))
+    for b, (s, r) in enumerate(zip(seqs, rows)):
+        n, k, end = len(s), r["chosen_mask"].index(1), len(r["chosen_ids"])
+        a = causal.clone()
+        a[:, n:] = False  # nothing sees the padding
+        a[end:n, k:end] = False  # rejected tokens do not see the chosen ones
+        a[torch.arange(L), torch.arange(L)] = True  # padding rows see themselves (no empty softmax)
+        allow[b, 0] = a
+    out = {"input_ids": pad(seqs, pad_id), "position_ids": pad(positions, 0), "allow": allow}
+    for side, idx in sides.items():
+        out[f"{side}_pos"], out[f"{side}_tok"], out[f"{side}_tmask"] = _gather_index(idx, pad_id)
+    return {**out, **_extras(rows)}

@@ -2,7 +2,7 @@
 
 import math, pytest, torch
 import torch.nn.functional as F
-from alignbook.lm.dpo import dpo_loss, preference_metrics, LOSS_TYPES
+from alignbook.lm.dpo import dpo_loss, preference_metrics, DPO_LOSS_TYPES
 
 LN2 = math.log(2)
 
@@ -12,9 +12,9 @@ def rand(n=64, seed=0, scale=40.0):
     return [-torch.rand(n, generator=g, dtype=torch.float64) * scale for _ in range(4)]
 
 
-def trl_formula(w, l, rw, rl, beta, loss_type, eps, nw=None, nl=None):
+def trl_formula(w, rej, rw, rl, beta, loss_type, eps, nw=None, nl=None):
     "TRL 1.16 DPOTrainer._compute_loss formulas (objectives.md §2), written independently."
-    cw, cl = w - rw, l - rl
+    cw, cl = w - rw, rej - rl
     d = cw - cl
     if loss_type == "sigmoid":
         return -(1 - eps) * F.logsigmoid(beta * d) - eps * F.logsigmoid(-beta * d)
@@ -26,7 +26,7 @@ def trl_formula(w, l, rw, rl, beta, loss_type, eps, nw=None, nl=None):
         return (-(1 - eps) * F.logsigmoid(beta * d) + eps * F.logsigmoid(-beta * d)) / (1 - 2 * eps)
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
 @pytest.mark.parametrize("beta", [0.01, 0.1, 0.5, 3.0])
 def test_parity_with_trl_formula(loss_type, beta):
     x = rand(seed=int(beta * 100))
@@ -61,16 +61,18 @@ def test_cdpo_smoothing():
     "loss_type,eps", [("sigmoid", 0.0), ("sigmoid", 0.3), ("robust", 0.0), ("robust", 0.25)]
 )
 def test_ln2_at_init(loss_type, eps):
-    w, l, _, _ = rand(seed=5)
-    loss, rw, rl = dpo_loss(w, l, w.clone(), l.clone(), beta=0.7, loss_type=loss_type, label_smoothing=eps)
+    w, rej, _, _ = rand(seed=5)
+    loss, rw, rl = dpo_loss(
+        w, rej, w.clone(), rej.clone(), beta=0.7, loss_type=loss_type, label_smoothing=eps
+    )
     torch.testing.assert_close(loss, torch.full_like(loss, LN2))
     assert rw.abs().max() == 0 and rl.abs().max() == 0
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
 def test_gradient_direction(loss_type):
     w = torch.full((3,), -20.0, requires_grad=True)
-    l = torch.full((3,), -25.0, requires_grad=True)
+    rej = torch.full((3,), -25.0, requires_grad=True)
     kw = (
         dict(chosen_lengths=torch.tensor([3, 4, 5]), rejected_lengths=torch.tensor([6, 2, 5]))
         if loss_type == "ipo"
@@ -78,7 +80,7 @@ def test_gradient_direction(loss_type):
     )
     loss = dpo_loss(
         w,
-        l,
+        rej,
         torch.full((3,), -21.0),
         torch.full((3,), -24.0),
         loss_type=loss_type,
@@ -86,11 +88,11 @@ def test_gradient_direction(loss_type):
         **kw,
     )[0]
     loss.sum().backward()
-    assert (w.grad < 0).all() and (l.grad > 0).all()
+    assert (w.grad < 0).all() and (rej.grad > 0).all()
     w2 = w.detach() + 0.5  # raising the chosen log-prob lowers the loss
     loss2 = dpo_loss(
         w2,
-        l.detach(),
+        rej.detach(),
         torch.full((3,), -21.0),
         torch.full((3,), -24.0),
         loss_type=loss_type,
@@ -121,9 +123,9 @@ def test_bad_input():
 
 
 def test_metrics_trl_names_and_strict_accuracy():
-    w, l, _, _ = rand(seed=6)
-    _, rw, rl = dpo_loss(w, l, w, l)
-    m = preference_metrics(rw, rl, w, l)
+    w, rej, _, _ = rand(seed=6)
+    _, rw, rl = dpo_loss(w, rej, w, rej)
+    m = preference_metrics(rw, rl, w, rej)
     assert set(m) == {
         "rewards/chosen",
         "rewards/rejected",
@@ -137,9 +139,9 @@ def test_metrics_trl_names_and_strict_accuracy():
     assert m2["rewards/accuracies"] == 0.5 and m2["rewards/margins"] == 0.5
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
 def test_pipeline_parity_with_trl_dpotrainer(loss_type, tmp_path):
-    "TRL's own DPOTrainer.compute_loss and alignbook's pipeline agree on the same model, batch and β; tokenisation too."
+    "TRL's DPOTrainer.compute_loss and our pipeline agree on the same model, batch and β; tokenisation too."
     import copy, warnings
 
     warnings.filterwarnings("ignore")

@@ -1,7 +1,7 @@
-"Tests for alignbook.lm.kto: TRL's formula (z0 clamped, detached, from rotated pairs), 0.5 at init, gradients, bad input."
+"Tests for alignbook.lm.kto: TRL's formula (z0 clamped, detached, rotated pairs), 0.5 at init, bad input."
 
 import pytest, torch, warnings
-from alignbook.lm.kto import kto_loss, kto_reference_point, kl_pairs, check_kto_balance
+from alignbook.lm.kto import kto_loss, kto_reference_point, kl_pairs, kto_balance
 
 
 def trl_kto(lp, rlp, lab, kl, klr, beta, wd, wu):
@@ -60,6 +60,6 @@ def test_bad_input_and_balance():
         kl_pairs(1)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        assert check_kto_balance(50, 50) == 1.0 and not w
-        check_kto_balance(10, 90)
+        assert kto_balance(50, 50) == 1.0 and not w
+        kto_balance(10, 90)
         assert w

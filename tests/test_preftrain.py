@@ -1,11 +1,11 @@
-"Tests for alignbook.lm.preftrain: ln 2 at init through model → log-probs → loss for every objective and reference path; registration; a short run."
+"Tests for alignbook.lm.preftrain: ln 2 at init through the pipeline, every objective and reference path."
 
 import math, pytest, torch
-from alignbook.config import get_config, OBJECTIVES
+from alignbook.config import get_config
 from alignbook.models import toy_model, toy_tokenizer, add_lora
 from alignbook.lm.reference import make_reference, precompute_reference, PrecomputedReference
-from alignbook.lm.preftrain import build_data, paired_loss_fn, kto_loss_fn, add_kl_rows, collate_kto, _split
-from alignbook.data import collate_sft
+from alignbook.lm.preftrain import build_data, paired_loss_fn, kto_loss_fn, add_kl_rows
+from alignbook.lm.prefbatch import add_reference_logps
 
 TOK = toy_tokenizer()
 LN2 = math.log(2)
@@ -53,28 +53,7 @@ def test_ln2_at_init_full_pipeline(ref_kind, tmp_path):
     kb_rows = dk["train"]
     kref = online
     if ref_kind == "precomputed":
-        kb_rows, _ = precompute_reference(
-            online,
-            pol,
-            kb_rows,
-            lambda rs: _split(
-                collate_sft(
-                    [{k: r[k] for k in ("input_ids", "completion_mask")} for r in rs], TOK.pad_token_id
-                )
-            ),
-            tmp_path,
-            keys=("ref_logps",),
-        )
-        kb_rows, _ = precompute_reference(
-            online,
-            pol,
-            kb_rows,
-            lambda rs: collate_sft(
-                [{"input_ids": r["kl_ids"], "completion_mask": r["kl_mask"]} for r in rs], TOK.pad_token_id
-            ),
-            tmp_path,
-            keys=("ref_kl_logps",),
-        )
+        kb_rows = add_reference_logps(online, pol, kb_rows, "kto", TOK.pad_token_id, tmp_path)
         kref = PrecomputedReference()
     loss, m = kto_loss_fn(ck, kref)(pol, dk["collate"](kb_rows))
     assert loss.item() == pytest.approx(0.5, abs=1e-6) and m["kl"] == 0
@@ -148,7 +127,7 @@ def test_build_data_from_local_trl_file(tmp_path):
 
 @pytest.mark.parametrize("objective", ["dpo", "kto"])
 def test_gpu_preset_path_on_local_model_and_data(objective, tmp_path):
-    "The gpu preset's code path (LoRA, disabled-adapter reference, TRL-format data) on a local save_pretrained model and file."
+    "The gpu preset's code path (LoRA, adapters-off reference, TRL-format data) on a local model and file."
     import json
 
     mdir = tmp_path / "model"

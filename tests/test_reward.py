@@ -1,4 +1,4 @@
-"Tests for alignbook.lm.reward: Bradley–Terry loss (TRL RewardTrainer formula), accuracy, scalar head on a toy model."
+"Tests for alignbook.lm.reward: Bradley–Terry loss (TRL RewardTrainer formula), accuracy, scalar head."
 
 import math, pytest, torch
 import torch.nn.functional as F

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from alignbook.lm.simpo import simpo_loss
 
 
-def trl_cpo_simpo(w, l, beta, gamma):
+def trl_cpo_simpo(w, rej, beta, gamma):
     from trl.experimental.cpo.cpo_trainer import CPOTrainer
 
     fake = types.SimpleNamespace(
@@ -16,15 +16,15 @@ def trl_cpo_simpo(w, l, beta, gamma):
         label_smoothing=0.0,
         accelerator=types.SimpleNamespace(device=w.device),
     )
-    return CPOTrainer.cpo_loss(fake, w, l)
+    return CPOTrainer.cpo_loss(fake, w, rej)
 
 
 @pytest.mark.parametrize("beta,gamma", [(2.0, 0.5), (2.5, 1.4), (10.0, 5.0), (0.5, 0.0)])
 def test_parity_with_trl_cpo_simpo(beta, gamma):
     g = torch.Generator().manual_seed(0)
-    w, l = -torch.rand(64, generator=g) * 3, -torch.rand(64, generator=g) * 3
-    got, rw, rl = simpo_loss(w, l, beta=beta, gamma=gamma)
-    want, twr, twl = trl_cpo_simpo(w, l, beta, gamma)
+    w, rej = -torch.rand(64, generator=g) * 3, -torch.rand(64, generator=g) * 3
+    got, rw, rl = simpo_loss(w, rej, beta=beta, gamma=gamma)
+    want, twr, twl = trl_cpo_simpo(w, rej, beta, gamma)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(rw, twr)
     torch.testing.assert_close(rl, twl)
@@ -40,9 +40,9 @@ def test_formula_and_ties():
 
 def test_gradient_direction():
     w = torch.tensor([-1.0, -2.0], requires_grad=True)
-    l = torch.tensor([-1.5, -1.0], requires_grad=True)
-    simpo_loss(w, l)[0].sum().backward()
-    assert (w.grad < 0).all() and (l.grad > 0).all()
+    rej = torch.tensor([-1.5, -1.0], requires_grad=True)
+    simpo_loss(w, rej)[0].sum().backward()
+    assert (w.grad < 0).all() and (rej.grad > 0).all()
 
 
 def test_bad_input():
