@@ -8,6 +8,7 @@ import argparse, contextlib, dataclasses, json, numbers, os, signal, sys, time
 from collections.abc import Mapping
 from pathlib import Path
 from alignbook.config import (
+    ALIASES,
     OBJECTIVES,
     BENCHMARKS,
     EVALUATORS,
@@ -68,7 +69,9 @@ def cmd_list(args) -> int:
     print("objectives (alignbook train NAME --preset toy|gpu):")
     for name, o in sorted(OBJECTIVES.items()):
         if not name.startswith("_"):
-            print(f"  {name:<16} {o.help}")
+            old = [a for a, new in ALIASES.items() if new == name]
+            note = f" (old name: {', '.join(old)})" if old else ""
+            print(f"  {name:<16} {o.help}{note}")
     print("presets:", ", ".join(PRESETS))
     print("benchmarks (alignbook bench NAME):", ", ".join(sorted(BENCHMARKS)) or "(none)")
     print("evaluators (alignbook eval NAME):", ", ".join(sorted(EVALUATORS)) or "(none)")
@@ -161,7 +164,7 @@ def cmd_train(args) -> int:
                 (out / FINISHED).unlink(missing_ok=True)
                 atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
                 print(f"training {args.objective} ({cfg.preset} preset) → {out}", file=sys.stderr)
-            result = OBJECTIVES[args.objective].train(cfg)
+            result = OBJECTIVES[cfg.objective].train(cfg)
             if main_process:
                 done = {"objective": cfg.objective, "max_steps": cfg.max_steps}
                 atomic_write(out / FINISHED, json.dumps(done))

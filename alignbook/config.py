@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_config.ipynb #6d2ff360
 from __future__ import annotations
-import os, json, copy, numbers, importlib, pkgutil
+import os, json, copy, numbers, importlib, pkgutil, warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['PRESETS', 'COMMON', 'GPU_COMMON', 'OBJECTIVES', 'BENCHMARKS', 'EVALUATORS', 'SCHEDULERS', 'CONSTRAINTS', 'NULLABLE',
-           'LIST_OR_STR', 'SYNTHETIC_DATASETS', 'RESUMABLE_KEYS', 'Config', 'Objective', 'register_objective',
-           'register_benchmark', 'register_evaluator', 'load_plugins', 'resolve_preset', 'get_config', 'parse_value',
-           'parse_overrides', 'validate_override', 'validate_dataset_name', 'config_diff', 'check_layering']
+__all__ = ['PRESETS', 'COMMON', 'GPU_COMMON', 'OBJECTIVES', 'ALIASES', 'BENCHMARKS', 'EVALUATORS', 'SCHEDULERS', 'CONSTRAINTS',
+           'NULLABLE', 'LIST_OR_STR', 'SYNTHETIC_DATASETS', 'RESUMABLE_KEYS', 'Config', 'Objective',
+           'register_objective', 'register_benchmark', 'register_evaluator', 'load_plugins', 'resolve_preset',
+           'canonical_objective', 'get_config', 'parse_value', 'parse_overrides', 'validate_override',
+           'validate_dataset_name', 'config_diff', 'check_layering']
 
 # %% ../nbs/00_config.ipynb #032e4fb9
 PRESETS = ("toy", "gpu")
@@ -115,15 +116,24 @@ class Objective:
 
 
 OBJECTIVES: dict[str, Objective] = {}
+ALIASES: dict[str, str] = {}  # old objective names, accepted for one release
 BENCHMARKS: dict[str, Callable] = {}
 EVALUATORS: dict[str, Callable] = {}
 
 
 def register_objective(
-    name: str, train_fn: Callable, *, toy: dict | None = None, gpu: dict | None = None, help: str = ""
+    name: str,
+    train_fn: Callable,
+    *,
+    toy: dict | None = None,
+    gpu: dict | None = None,
+    help: str = "",
+    aliases: tuple = (),
 ):
     "Make `name` trainable from `get_config`/`alignbook train`; `toy`/`gpu` add or override keys."
     OBJECTIVES[name] = Objective(name, train_fn, dict(toy or {}), dict(gpu or {}), help)
+    for old in aliases:
+        ALIASES[old] = name
     return train_fn
 
 
@@ -163,7 +173,21 @@ def resolve_preset(preset: str | None = None) -> str:
     return p
 
 
+def canonical_objective(name: str) -> str:
+    "The objective's current name: objective names use hyphens; an old name is accepted with a warning."
+    if name not in OBJECTIVES and name not in ALIASES:
+        load_plugins()
+    if name in ALIASES:
+        new = ALIASES[name]
+        warnings.warn(
+            f"objective {name!r} is now called {new!r}; the old name goes in the next release", FutureWarning
+        )
+        return new
+    return name
+
+
 def _objective(name: str) -> Objective:
+    name = canonical_objective(name)
     if name not in OBJECTIVES:
         load_plugins()
     if name not in OBJECTIVES:
@@ -176,6 +200,7 @@ def _objective(name: str) -> Objective:
 def get_config(objective: str, preset: str | None = None, **overrides) -> Config:
     "The config for `objective` in `preset` (see `resolve_preset`), with `overrides` checked and applied."
     preset = resolve_preset(preset)
+    objective = canonical_objective(objective)
     obj = _objective(objective)
     d = dict(COMMON)
     if preset == "gpu":

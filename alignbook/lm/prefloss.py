@@ -18,7 +18,7 @@ from .prefbatch import lm_inputs, shared_prompt_logps
 __all__ = ['PAIRED', 'NEEDS_REF', 'ORPO_NLL', 'chosen_tokens', 'pref_weight_fn', 'paired_loss_fn', 'kto_loss_fn']
 
 # %% ../../nbs/28b_prefloss.ipynb #303d4d60
-PAIRED = ("dpo", "ipo", "simpo", "orpo", "tdpo", "sft_chosen")
+PAIRED = ("dpo", "ipo", "simpo", "orpo", "tdpo", "sft-chosen")
 NEEDS_REF = ("dpo", "ipo", "tdpo", "kto")
 ORPO_NLL = ("full", "completion")  # prompt + response (paper's code, TRL) | mean of rows' completion averages
 
@@ -31,14 +31,14 @@ class _Side:
 
 
 def chosen_tokens(batch: dict) -> int:
-    "Scored tokens of the chosen rows of a `collate_preference` batch (sft_chosen's micro-batch weight)."
+    "Scored tokens of the chosen rows of a `collate_preference` batch (sft-chosen's micro-batch weight)."
     B = batch["input_ids"].shape[0] // 2
     return int(batch["completion_mask"][:B, 1:].sum())
 
 
 def pref_weight_fn(objective: str):
-    "The Trainer's `weight_fn` for `objective`: chosen-token counts for sft_chosen, else None (per pair)."
-    return chosen_tokens if objective == "sft_chosen" else None
+    "The Trainer's `weight_fn` for `objective`: chosen-token counts for sft-chosen, else None (per pair)."
+    return chosen_tokens if objective == "sft-chosen" else None
 
 
 def _ref_pair_logps(ref, model, batch):
@@ -91,9 +91,9 @@ def paired_loss_fn(objective: str, cfg, ref: Reference | None):
 
     def loss_fn(model, batch):
         shared = "allow" in batch  # shared-prompt packing (collate_shared_prompt)
-        if objective in ("sft_chosen", "tdpo") and shared:
+        if objective in ("sft-chosen", "tdpo") and shared:
             raise ValueError(f"{objective} needs both rows in full: use share_prompt=False")
-        if objective == "sft_chosen":  # token-mean NLL on the chosen rows; pref_weight_fn spans micro-batches
+        if objective == "sft-chosen":  # token-mean NLL on the chosen rows; pref_weight_fn spans micro-batches
             B = batch["input_ids"].shape[0] // 2
             lp = sequence_logps(model, *(v[:B] for v in lm_inputs(batch).values()))
             return -(lp.token_logps.sum() / lp.n_tokens.sum()), {"logps/chosen": lp.sum.mean()}

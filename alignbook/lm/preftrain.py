@@ -46,7 +46,7 @@ def disable_dropout(model):
 
 # %% ../../nbs/28_preftrain.ipynb #36c7e89f
 def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = False):
-    "Train `cfg.objective` (dpo, ipo, simpo, orpo, kto, tdpo, sft_chosen) on the shared Trainer."
+    "Train `cfg.objective` (dpo, ipo, simpo, orpo, kto, tdpo, sft-chosen) on the shared Trainer."
     obj = cfg.objective
     set_seed(cfg.seed)
     if model is None:
@@ -249,15 +249,21 @@ OBJECTIVE_DEFAULTS = {
         ),
         gpu=dict(),
     ),
-    "sft_chosen": dict(
+    "sft-chosen": dict(
         help="baseline: SFT on the chosen answers",
+        aliases=("sft_chosen",),  # the name before objective names took hyphens
         toy=dict(),
         gpu=dict(),
     ),
 }
 for _name, _o in OBJECTIVE_DEFAULTS.items():
     register_objective(
-        _name, train_preference, toy={**PREF_TOY, **_o["toy"]}, gpu={**PREF_GPU, **_o["gpu"]}, help=_o["help"]
+        _name,
+        train_preference,
+        toy={**PREF_TOY, **_o["toy"]},
+        gpu={**PREF_GPU, **_o["gpu"]},
+        help=_o["help"],
+        aliases=_o.get("aliases", ()),
     )
 register_objective(
     "reward",
