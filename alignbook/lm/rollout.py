@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 import torch
-import torch.nn.functional as F
 from .logps import sequence_logps
 from . import gpoints
 from ..data import collate_sft
+from ..models import generation_config, own_generation
 
 # %% auto #0
 __all__ = ['render_prompt_ids', 'Samples', 'sample_completions', 'pack_batch', 'completion_token_logps', 'Episode',
@@ -58,7 +58,7 @@ def sample_completions(
     seed: int | None = None,
     batch_size: int = 64,
 ) -> Samples:
-    "Sample `n` completions per prompt (prompt-major order) with HF `generate`; temperature 0 → greedy."
+    "Sample `n` completions per prompt (prompt-major) with HF `generate` and alignbook's settings; T=0 → greedy."
     if n < 1:
         raise ValueError(f"n (completions per prompt) must be >= 1, got {n}")
     if temperature < 0:
@@ -75,24 +75,14 @@ def sample_completions(
     was_training = model.training
     model.eval()
     comp, trunc = [], []
+    gen_cfg = generation_config(tokenizer, max_new_tokens, temperature, top_p)
     for s in range(0, len(pids), batch_size):
         chunk = pids[s : s + batch_size]
         W = max(map(len, chunk))
         ids = torch.tensor([[tokenizer.pad_token_id] * (W - len(p)) + p for p in chunk], device=dev)
         att = torch.tensor([[0] * (W - len(p)) + [1] * len(p) for p in chunk], device=dev)
-        kw = (
-            dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-            if temperature > 0
-            else dict(do_sample=False)
-        )
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=att,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
-            **kw,
-        )[:, W:].tolist()
+        with own_generation(model, gen_cfg):  # nothing stored with the checkpoint leaks into sampling
+            out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen_cfg)[:, W:].tolist()
         for row in out:
             if eos in row:
                 comp.append(row[: row.index(eos) + 1])
@@ -126,9 +116,11 @@ def pack_batch(
     return {k: v.to(device) if device is not None else v for k, v in b.items()}
 
 
-def completion_token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-token log-probs (B, T-1) of the completion tokens of a `pack_batch` batch, and their mask (B, T-1)."
-    lp = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+def completion_token_logps(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-token log-probs (B, T-1) at `temperature` of a `pack_batch` batch's completion tokens, and the mask."
+    lp = sequence_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], temperature=temperature
+    )
     return lp.token_logps, lp.mask
 
 # %% ../../nbs/30_rollout.ipynb #1a8c5f6d
