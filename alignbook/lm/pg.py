@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['LOSS_TYPES', 'reinforce_loss', 'rloo_advantages', 'masked_mean', 'ppo_clip_loss', 'ValueHead', 'gae', 'value_loss',
-           'terminal_rewards', 'grpo_advantages', 'k3_kl', 'grpo_per_token_loss', 'grpo_loss', 'check_grpo_advantages']
+__all__ = ['GRPO_LOSS_TYPES', 'IMPORTANCE_LEVELS', 'reinforce_loss', 'rloo_advantages', 'masked_mean', 'ppo_clip_loss',
+           'ValueHead', 'gae', 'value_loss', 'terminal_rewards', 'grpo_advantages', 'k3_kl', 'log_importance_weights',
+           'truncated_is_weights', 'grpo_per_token_loss', 'grpo_loss', 'check_grpo_advantages']
 
 # %% ../../nbs/31_pg.ipynb #1a5f0aa7
 def _check_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -167,17 +168,67 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return k3.clamp(min=0).to(dtype)
 
 # %% ../../nbs/31_pg.ipynb #f513ef9f
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+IMPORTANCE_LEVELS = ("token", "sequence")
 
 
-def grpo_per_token_loss(logps, old_logps, advantages, eps_low=0.2, eps_high=0.2, beta=0.0, ref_logps=None):
-    "Per-token GRPO loss: clipped surrogate + β·k3: (B,T) tensors, advantages (B,) or (B,T) → (B,T)."
+def log_importance_weights(
+    logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor, level: str = "token"
+) -> torch.Tensor:
+    "log ρ per token (B,T), or GSPO's per-sequence mean of the token log-ratios (B,1), gradient through the mean."
+    if level not in IMPORTANCE_LEVELS:
+        raise ValueError(f"importance_level must be one of {IMPORTANCE_LEVELS}, got {level!r}")
+    log_ratio = logps - old_logps.detach()
+    if level == "token":
+        return log_ratio
+    m = mask.to(log_ratio.dtype)
+    return ((log_ratio * m).sum(-1) / m.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+
+
+def truncated_is_weights(trainer_logps: torch.Tensor, sampler_logps: torch.Tensor, cap: float = 3.0):
+    "Truncated importance sampling: sg(min(π_trainer / π_sampler, C)) per token, (B,T) (TRL's token_truncate)."
+    if trainer_logps.shape != sampler_logps.shape:
+        raise ValueError(
+            f"trainer_logps {tuple(trainer_logps.shape)} and sampler_logps {tuple(sampler_logps.shape)} must match"
+        )
+    return torch.exp(trainer_logps.detach() - sampler_logps.detach()).clamp(max=cap)
+
+
+def grpo_per_token_loss(
+    logps,
+    old_logps,
+    advantages,
+    eps_low=0.2,
+    eps_high=0.2,
+    beta=0.0,
+    ref_logps=None,
+    loss_type: str = "grpo",
+    mask=None,
+    importance_level: str = "token",
+    is_weights=None,
+    sapo_temperatures: tuple[float, float] = (1.0, 1.05),
+):
+    "Per-token loss (B,T): clipped surrogate (CISPO: clipped detached weight × log-prob; SAPO: soft gate) + β·k3."
     old_logps = logps.detach() if old_logps is None else old_logps
-    loss = ppo_clip_loss(logps, old_logps, advantages, eps_low, eps_high)
+    mask = torch.ones_like(logps) if mask is None else mask
+    A = advantages.detach()
+    A = A.unsqueeze(1) if A.dim() == 1 else A
+    w = torch.exp(log_importance_weights(logps, old_logps, mask, importance_level))  # (B,T) or (B,1)
+    if loss_type == "cispo":  # every token keeps its gradient; only the weight is clipped, and detached
+        loss = -w.clamp(max=eps_high).detach() * A * logps
+    elif loss_type == "sapo":  # a sigmoid gate instead of a hard clip; τ_neg > τ_pos damps negative samples
+        tau = torch.where(A > 0, sapo_temperatures[0], sapo_temperatures[1])
+        loss = -torch.sigmoid(tau * (w - 1)) * 4 / tau * A
+    else:
+        loss = -torch.min(w * A, w.clamp(1 - eps_low, 1 + eps_high) * A)
+    loss = loss.expand_as(logps)
+    if is_weights is not None:
+        loss = loss * is_weights.detach()
     if beta != 0.0:
         if ref_logps is None:
             raise ValueError(
-                "beta > 0 needs ref_logps (the reference model's per-token log-probs of the same completions); pass them or set beta=0"
+                "beta > 0 needs ref_logps (the reference model's per-token log-probs of the same completions); "
+                "pass them or set beta=0"
             )
         loss = loss + beta * k3_kl(logps, ref_logps)
     return loss
@@ -196,29 +247,42 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items_in_batch: int | float | torch.Tensor | None = None,
     num_processes: int = 1,
+    importance_level: str = "token",
+    is_weights: torch.Tensor | None = None,
+    sapo_temperatures: tuple[float, float] = (1.0, 1.05),
 ) -> torch.Tensor:
-    "GRPO loss (scalar) for logps/old_logps/mask (B,T), advantages (B,); `loss_type` ∈ grpo|bnpo|dr_grpo|dapo."
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    "GRPO loss (scalar) for logps/old_logps/mask (B,T), advantages (B,); `loss_type` ∈ GRPO_LOSS_TYPES."
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {GRPO_LOSS_TYPES}, got {loss_type!r}")
     if logps.dim() != 2:
         raise ValueError(f"logps must be (B, T) per-token log-probs, got shape {tuple(logps.shape)}")
     if mask.shape != logps.shape:
         raise ValueError(f"mask {tuple(mask.shape)} must match logps {tuple(logps.shape)}")
-    if old_logps is not None and old_logps.shape != logps.shape:
-        raise ValueError(
-            f"old_logps {tuple(old_logps.shape)} must match logps {tuple(logps.shape)} (or be None for one update per generation)"
-        )
+    for name, t in (("old_logps", old_logps), ("ref_logps", ref_logps), ("is_weights", is_weights)):
+        if t is not None and t.shape != logps.shape:
+            raise ValueError(f"{name} {tuple(t.shape)} must match logps {tuple(logps.shape)} (or be None)")
     if advantages.shape not in (logps.shape[:1], logps.shape):
         raise ValueError(
             f"advantages must be (B,) or (B, T) with B={logps.size(0)}, got {tuple(advantages.shape)}"
         )
-    if ref_logps is not None and ref_logps.shape != logps.shape:
-        raise ValueError(f"ref_logps {tuple(ref_logps.shape)} must match logps {tuple(logps.shape)}")
     if eps_low < 0 or eps_high < 0:
         raise ValueError(f"eps_low/eps_high must be >= 0, got {eps_low}, {eps_high}")
-    per_tok = grpo_per_token_loss(logps, old_logps, advantages, eps_low, eps_high, beta, ref_logps)
+    per_tok = grpo_per_token_loss(
+        logps,
+        old_logps,
+        advantages,
+        eps_low,
+        eps_high,
+        beta,
+        ref_logps,
+        loss_type,
+        mask,
+        importance_level,
+        is_weights,
+        sapo_temperatures,
+    )
     m = mask.to(per_tok.dtype)
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "sapo"):  # mean over each sequence's tokens, then over sequences
         return ((per_tok * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
     if loss_type == "bnpo":
         return (per_tok * m).sum() / m.sum().clamp(min=1.0)
@@ -226,7 +290,7 @@ def grpo_loss(
         T = logps.size(1) if max_completion_length is None else max_completion_length
         return (per_tok * m).sum() / (per_tok.size(0) * T)
     n = m.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, dtype=per_tok.dtype)
-    return (per_tok * m).sum() / (n.clamp(min=1.0) / num_processes)
+    return (per_tok * m).sum() / (n.clamp(min=1.0) / num_processes)  # dapo, cispo
 
 # %% ../../nbs/31_pg.ipynb #86d782a2
 def check_grpo_advantages(fn) -> str:

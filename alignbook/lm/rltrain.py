@@ -23,13 +23,15 @@ from alignbook.lm.pg import (
     terminal_rewards,
     ValueHead,
     k3_kl,
+    truncated_is_weights,
 )
 from .rollout import play_gpoints, pack_batch, completion_token_logps
 from .rleval import rl_evaluate, parse_rules
 
 # %% auto #0
-__all__ = ['RL_COMMON_TOY', 'RL_COMMON_GPU', 'ALGOS', 'episode_rows', 'episode_advantages', 'PolicyWithValue', 'policy_of',
-           'estimate_flops', 'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl', 'check_terminal_rewards']
+__all__ = ['RL_COMMON_TOY', 'RL_COMMON_GPU', 'ALGOS', 'BASE_ALGO', 'episode_rows', 'episode_advantages', 'PolicyWithValue',
+           'policy_of', 'estimate_flops', 'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl',
+           'check_terminal_rewards']
 
 # %% ../../nbs/31_rl.ipynb #dad91fba
 RL_COMMON_TOY = dict(
@@ -60,7 +62,12 @@ RL_COMMON_TOY = dict(
     eps_low=0.2,
     eps_high=0.2,
     beta=0.0,  # KL to the reference; 0 loads no reference (TRL's default)
-    loss_type="dapo",
+    loss_type="dapo",  # how per-token losses become one number; "cispo" and "sapo" change the loss itself
+    importance_level="token",  # "sequence": GSPO's length-normalised sequence ratio
+    sapo_tau_pos=1.0,  # SAPO gate temperatures (TRL's defaults)
+    sapo_tau_neg=1.05,
+    sampler_temperature=None,  # a rollout engine that samples at another temperature than the trainer scores
+    tis_cap=None,  # truncated importance sampling cap C on π_trainer/π_sampler (TRL: 3.0); None: no correction
     scale_rewards="group",
     gamma=1.0,  # PPO: discount across an episode's turns (within a turn every token is one action's part)
     lam=0.95,  # PPO: GAE λ over a turn's tokens
@@ -105,7 +112,22 @@ ALGOS = {
         ),
     ),
     "reinforce": (dict(num_iterations=1), dict()),
+    "gspo": (  # Zheng et al. 2025 (arXiv 2507.18071) as TRL's docs configure it
+        dict(
+            importance_level="sequence",
+            loss_type="grpo",
+            eps_low=3e-4,  # sequence ratios stay near 1: GSPO's clip range is tiny
+            eps_high=4e-4,
+            num_minibatches=4,  # 4 updates per rollout batch (TRL: steps_per_generation=4), so ratios move
+        ),
+        dict(),
+    ),
+    "cispo": (  # MiniMax-M1 (arXiv 2506.13585); ε_max as ScaleRL (arXiv 2510.13786) recommends
+        dict(loss_type="cispo", eps_high=5.0, num_minibatches=4),
+        dict(),
+    ),
 }
+BASE_ALGO = {"gspo": "grpo", "cispo": "grpo"}  # variants that keep GRPO's advantages and change only the loss
 
 # %% ../../nbs/31_rl.ipynb #90ee9716
 def episode_rows(episodes, gamma: float = 1.0) -> list[dict]:
@@ -229,7 +251,7 @@ class GPointsRollouts:
             cfg.group_size,
             cfg.max_attempts,
             cfg.style,
-            cfg.temperature,
+            cfg.sampler_temperature or cfg.temperature,
             cfg.top_p,
             cfg.max_new_tokens,
             seed=cfg.seed * 1_000_003 + rnd,
@@ -259,8 +281,12 @@ class GPointsRollouts:
             b["adv"], b["ret"] = gae(
                 R, v, mask.float(), 1.0, cfg.lam
             )  # γ applies across turns (episode_rows)
-        elif off_policy:
+        elif off_policy or cfg.sampler_temperature:
             b["old"] = completion_token_logps(trainer.model, b, cfg.temperature)[0]
+        if cfg.sampler_temperature:  # what the rollout engine reports: the same weights, its own temperature
+            b["sampler"] = completion_token_logps(trainer.model, b, cfg.sampler_temperature)[0]
+            if cfg.tis_cap:
+                b["tis"] = truncated_is_weights(b["old"], b["sampler"], cfg.tis_cap)
         if cfg.beta > 0:
             if self.ref is not None:
                 b["ref"] = completion_token_logps(self.ref, b, cfg.temperature)[0]
@@ -308,6 +334,12 @@ class GPointsRollouts:
             "frac_zero_std": float((group_returns.std(1) == 0).float().mean()) if cfg.group_size > 1 else 0.0,
             "completion_len": _tokens(rows) / len(rows),
         }
+        if cfg.sampler_temperature:  # how far the engine's tokens are from the trainer's policy
+            micro = [b for mb in passes for b in mb]
+            n_tok = sum(float(b["completion_mask"][:, 1:].sum()) for b in micro)
+            w = [torch.exp(b["old"] - b["sampler"]) * b["completion_mask"][:, 1:] for b in micro]
+            metrics["is_ratio_mean"] = sum(float(x.sum()) for x in w) / n_tok
+            metrics["is_ratio_max"] = max(float(x.max()) for x in w)
         return [mb for _ in range(cfg.num_iterations) for mb in passes], metrics
 
 # %% ../../nbs/31_rl.ipynb #6953fdc5
@@ -335,6 +367,9 @@ def rl_loss_fn(cfg, algo: str):
                 cfg.loss_type,
                 cfg.max_new_tokens,
                 num_items_in_batch=b["update_tokens"],
+                importance_level=cfg.importance_level,
+                is_weights=b.get("tis"),
+                sapo_temperatures=(cfg.sapo_tau_pos, cfg.sapo_tau_neg),
             )
         stats = dict(clip_frac=0.0, kl=0.0, value_loss=0.0)
         if algo == "ppo":
@@ -355,7 +390,7 @@ def rl_loss_fn(cfg, algo: str):
 def _check_cfg(cfg, algo):
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
-    if cfg.group_size < 2 and algo != "ppo":
+    if cfg.group_size < 2 and BASE_ALGO.get(algo, algo) != "ppo":
         raise ValueError(
             f"group_size must be >= 2 for {algo} (the group is the baseline), got {cfg.group_size}"
         )
@@ -367,13 +402,16 @@ def _check_cfg(cfg, algo):
         )
     if cfg.temperature <= 0:
         raise ValueError(f"temperature must be > 0: RL samples its episodes (got {cfg.temperature})")
+    if cfg.tis_cap is not None and (cfg.tis_cap <= 0 or not cfg.sampler_temperature):
+        raise ValueError(f"tis_cap must be > 0 and needs sampler_temperature set, got {cfg.tis_cap}")
     parse_rules(cfg.eval_rules)
 
 
 def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start: bool = True) -> dict:
-    "Train `cfg.model` with `algo` ∈ grpo|ppo|reinforce on GeneralPoints through the shared `Trainer`."
-    algo = algo or cfg.objective
-    _check_cfg(cfg, algo)
+    "Train `cfg.model` with `algo` (a key of ALGOS) on GeneralPoints through the shared `Trainer`."
+    name = algo or cfg.objective
+    _check_cfg(cfg, name)
+    algo = BASE_ALGO.get(name, name)  # the advantage estimator and model: grpo, ppo or reinforce
     set_seed(cfg.seed)
     policy, tok = load_policy(cfg)
     n_params = count_params(policy)
@@ -395,7 +433,7 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         tr.save_model(Path(cfg.out_dir) / "final", tok, model=pol)
     last = history[-1] if history else {}
     return dict(
-        algo=algo,
+        algo=name,
         rounds=tr.state["round"],
         flops=tr.state["flops"],
         n_params=n_params,
@@ -421,6 +459,8 @@ _HELP = {
     "grpo": "GRPO on GeneralPoints (group-normalised returns, clipped ratio, TRL's loss aggregations)",
     "ppo": "PPO on GeneralPoints (value head on the policy, GAE, clipped policy and value losses)",
     "reinforce": "REINFORCE with the leave-one-out (RLOO) baseline on GeneralPoints",
+    "gspo": "GSPO: GRPO with the sequence-level (length-normalised) importance ratio, clipped per sequence",
+    "cispo": "CISPO: GRPO's advantages with clipped, detached importance weights times the log-prob",
 }
 for _a, (_toy, _gpu) in ALGOS.items():
     register_objective(
