@@ -461,13 +461,15 @@ def plot_metrics(rows_or_dir, keys, ax=None, title: str | None = None):
 
 # %% ../nbs/05_train.ipynb #ac0b24b7
 def rollout_step(self) -> dict:
-    "One round: `make_batch(self)` → (updates, metrics), then one optimiser step per update of micro-batches."
+    "One round: `make_batch(self)` → (updates, metrics), then one optimiser step per update (none: a round without data)."
     acc = self.accelerator
     t0 = time.perf_counter()
     updates, metrics = self.make_batch(self)
     t_gen = time.perf_counter() - t0
-    if not updates or not all(updates):
-        raise ValueError(f"make_batch returned an empty update in round {self.state.get('round', 0) + 1}")
+    if not all(updates):
+        raise ValueError(
+            f"make_batch returned an update without micro-batches in round {self.state.get('round', 0) + 1}"
+        )
     sums: dict[str, float] = {}
     norms = []
     self.model.train()
@@ -485,7 +487,8 @@ def rollout_step(self) -> dict:
     return {
         **metrics,
         **sums,
-        "grad_norm": sum(norms) / len(norms),
+        "grad_norm": sum(norms)
+        / max(len(norms), 1),  # a round may bring nothing to learn (online DPO's ties)
         "lr": self.scheduler.get_last_lr()[0],
         "time/gen_s": t_gen,
         "time/update_s": t_upd,

@@ -30,7 +30,7 @@ from .rleval import rl_evaluate, parse_rules
 
 # %% auto #0
 __all__ = ['RL_COMMON_TOY', 'RL_COMMON_GPU', 'ALGOS', 'BASE_ALGO', 'episode_rows', 'episode_advantages', 'PolicyWithValue',
-           'policy_of', 'estimate_flops', 'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl',
+           'policy_of', 'estimate_flops', 'training_hand', 'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl',
            'check_terminal_rewards']
 
 # %% ../../nbs/31_rl.ipynb #dad91fba
@@ -191,7 +191,7 @@ def estimate_flops(n_params: int, train_tokens: int = 0, forward_tokens: int = 0
     return 6.0 * n_params * train_tokens + 2.0 * n_params * forward_tokens
 
 # %% ../../nbs/31_rl.ipynb #af8989b8
-def _training_hand(rng, rule):
+def training_hand(rng, rule):
     "A training hand that is not one of the book's evaluation hands (as SFT and preference data guarantee too)."
     while True:
         h = gpoints.sample_hand(rng, rule)
@@ -243,7 +243,7 @@ class GPointsRollouts:
         "Episodes of round `rnd`: hands and sampling seeds depend only on the seed and the round (exact resume)."
         cfg = self.cfg
         rng = random.Random(f"alignbook-rl-{cfg.seed}-{rnd}")
-        hands = [_training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
+        hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
         return play_gpoints(
             policy,
             self.tok,
