@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #242c5c6e
 from __future__ import annotations
-import os, json, contextlib
+import os, contextlib
 from pathlib import Path
 import torch
 from tokenizers import Tokenizer, Regex, models as tok_models, decoders, pre_tokenizers

@@ -15,7 +15,7 @@ from transformers import get_scheduler
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['set_seed', 'NonFiniteError', 'BatchCursor', 'Trainer', 'read_metrics', 'plot_metrics', 'rollout_step', 'fit_rollouts']
+__all__ = ['set_seed', 'NonFiniteError', 'BatchCursor', 'Trainer', 'read_metrics', 'plot_metrics']
 
 # %% ../nbs/05_train.ipynb #106ffd76
 def set_seed(seed: int):
@@ -460,8 +460,8 @@ def plot_metrics(rows_or_dir, keys, ax=None, title: str | None = None):
     return ax
 
 # %% ../nbs/05_train.ipynb #ac0b24b7
-def rollout_step(self) -> dict:
-    "One round: `make_batch(self)` → (updates, metrics), then one optimiser step per update (none: a round without data)."
+def _rollout_step(self) -> dict:
+    "One round: `make_batch(self)` → (updates, metrics), one optimiser step per update (none: nothing to learn)."
     acc = self.accelerator
     t0 = time.perf_counter()
     updates, metrics = self.make_batch(self)
@@ -496,8 +496,8 @@ def rollout_step(self) -> dict:
     }
 
 
-def fit_rollouts(self, rounds: int, eval_at_start: bool = True, progress: bool = True) -> list[dict]:
-    "Run `rounds` rounds of `rollout_step` (resuming), evaluating, logging and checkpointing at round boundaries."
+def _fit_rollouts(self, rounds: int, eval_at_start: bool = True, progress: bool = True) -> list[dict]:
+    "Run `rounds` rounds of `rollout_step` (resuming); evaluate, log and checkpoint at round boundaries."
     if self.make_batch is None or self.loss_fn is None:
         raise ValueError("fit_rollouts() needs make_batch and loss_fn")
     self.resume()
@@ -531,4 +531,4 @@ def fit_rollouts(self, rounds: int, eval_at_start: bool = True, progress: bool =
     return self.history
 
 
-Trainer.rollout_step, Trainer.fit_rollouts = rollout_step, fit_rollouts
+Trainer.rollout_step, Trainer.fit_rollouts = _rollout_step, _fit_rollouts

@@ -1,4 +1,4 @@
-"On-policy distillation: GKD's generalized JSD against TRL, divergence invariants, the distill objective runs."
+"On-policy distillation: GKD's generalized JSD against TRL, divergence invariants, the objective runs."
 
 import pytest
 import torch

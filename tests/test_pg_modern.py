@@ -1,4 +1,4 @@
-"GSPO, CISPO, SAPO and truncated importance sampling: parity with TRL's GRPOTrainer._compute_loss, invariants."
+"GSPO, CISPO, SAPO, truncated importance sampling: parity with TRL's GRPOTrainer._compute_loss, invariants."
 
 from collections import defaultdict
 from types import SimpleNamespace
@@ -129,7 +129,7 @@ def test_sequence_ratio_is_the_geometric_mean_and_shared_by_tokens():
 
 
 def test_cispo_keeps_the_gradient_of_tokens_grpo_clips():
-    "A token whose ratio is far outside the clip range: GRPO drops its gradient, CISPO keeps it (weight ε_max)."
+    "A token whose ratio is far outside the clip range: GRPO drops its gradient, CISPO keeps it (ε_max)."
     logps = torch.zeros(1, 3, requires_grad=True)
     old = torch.tensor([[0.0, -1.0, 0.0]])  # ratio e ≈ 2.7 on token 1
     mask, adv = torch.ones(1, 3), torch.tensor([1.0])
@@ -140,7 +140,7 @@ def test_cispo_keeps_the_gradient_of_tokens_grpo_clips():
 
 
 def test_on_policy_sequence_level_equals_token_level_gradient_for_grpo():
-    "At ratio 1 (one update per batch) GSPO's gradient is GRPO's (loss_type grpo): the difference is off-policy."
+    "At ratio 1 (one update per batch) GSPO and GRPO (loss_type grpo) agree: they differ off-policy."
     logps, _, _, mask, adv = _rand(4)
     g = [
         torch.autograd.grad(grpo_loss(logps, None, adv, mask, loss_type="grpo", importance_level=lv), logps)[

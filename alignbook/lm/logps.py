@@ -37,7 +37,7 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
 def completion_logps(
     logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-token log-probs (B, T-1) of the next tokens under softmax(logits / T), 0 outside the completion; the mask."
+    "Per-token log-probs (B, T-1) of next tokens under softmax(logits / T), 0 off the completion; the mask."
     if logits.shape[:2] != input_ids.shape or input_ids.shape != completion_mask.shape:
         raise ValueError(
             f"shapes disagree: logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)}, "
@@ -84,7 +84,7 @@ def sequence_logps(
     return_logits: bool = False,
     temperature: float = 1.0,
 ) -> LogProbs:
-    "Run `model` and return the completion log-probs of every row (sums, averages, per-token) at `temperature`."
+    "Run `model`; the completion log-probs of every row (sums, averages, per-token) at `temperature`."
     B, T = input_ids.shape
     if (completion_mask.sum(1) == 0).any():
         rows = (completion_mask.sum(1) == 0).nonzero().flatten().tolist()
