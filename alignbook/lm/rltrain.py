@@ -76,8 +76,8 @@ RL_COMMON_TOY = dict(
     gen_batch_size=128,  # sequences per generate call
 )
 RL_COMMON_GPU = dict(
-    model="Qwen/Qwen2.5-1.5B-Instruct",
-    lora=True,
+    model="Qwen/Qwen2.5-1.5B-Instruct",  # a small instruct model, as in the paper's language-only setting
+    lora=True,  # fits one GPU; the reference is the base with the adapters off
     lora_r=64,
     lora_alpha=128,
     lr=1e-5,
@@ -85,9 +85,9 @@ RL_COMMON_GPU = dict(
     batch_size=8,
     hands_per_step=8,
     group_size=8,
-    max_new_tokens=256,
-    history="full",
-    style="paper",
+    max_new_tokens=256,  # the paper's JSON answers need ~100–200 tokens
+    history="full",  # the model sees the whole revision dialogue
+    style="paper",  # the paper's prompt wording
     eval_every=50,
     eval_size=234,  # the paper's evaluation set size
     mixed_precision="bf16",
@@ -95,7 +95,7 @@ RL_COMMON_GPU = dict(
     warmup_steps=5,
     scheduler="constant",
     save_every=50,
-    gen_batch_size=64,
+    gen_batch_size=64,  # sequences per generate call on one GPU
 )
 ALGOS = {
     "grpo": (dict(), dict()),
