@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #242c5c6e
 from __future__ import annotations
-import os, json
+import os, contextlib
 from pathlib import Path
 import torch
 from tokenizers import Tokenizer, Regex, models as tok_models, decoders, pre_tokenizers
@@ -15,12 +15,13 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
+    GenerationConfig,
 )
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'TOY_LLAMA', 'TOY_BASE', 'ASSETS', 'DTYPES', 'toy_tokenizer', 'toy_model',
            'count_params', 'toy_base_path', 'resolve_model_path', 'load_tokenizer', 'load_causal_lm', 'add_lora',
-           'default_device', 'load_policy']
+           'default_device', 'load_policy', 'generation_config', 'own_generation']
 
 # %% ../nbs/02_models.ipynb #1d0475ee
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -189,3 +190,35 @@ def load_policy(cfg, model: str | None = None):
     if cfg.lora:
         m = add_lora(m, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     return m, tok
+
+# %% ../nbs/02_models.ipynb #dd2f5135
+def generation_config(
+    tokenizer, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0
+) -> GenerationConfig:
+    "A full `GenerationConfig` from alignbook's settings: `temperature` 0 → greedy, no penalties."
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        num_beams=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        **(sampling if temperature > 0 else dict(do_sample=False)),
+    )
+
+
+@contextlib.contextmanager
+def own_generation(model, gen_cfg: GenerationConfig):
+    "Make `gen_cfg` the (innermost) model's generation config while inside: `generate` reads nothing else."
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    stored = hf.generation_config
+    hf.generation_config = gen_cfg
+    try:
+        yield gen_cfg
+    finally:
+        hf.generation_config = stored

@@ -337,12 +337,14 @@ class Trainer:
         collate_fn: Callable | None = None,
         eval_fn: Callable | None = None,
         weight_fn: Callable | None = None,
+        make_batch: Callable | None = None,
         out_dir=None,
         shuffle: bool = True,
     ):
         self.cfg, self.loss_fn, self.train_data, self.collate_fn = cfg, loss_fn, train_data, collate_fn
         self.eval_fn, self.weight_fn = eval_fn, weight_fn
         _FIRED.clear()  # test faults fire once per run
+        self.make_batch = make_batch  # RL: the trainer's data come from the policy itself (`fit_rollouts`)
         od = out_dir or cfg.get("out_dir")
         self.out_dir = Path(od) if od else None
         set_seed(cfg.seed)
@@ -781,11 +783,11 @@ class Trainer:
         self.pbar.close()
         return last
 
-    def save_model(self, path, tokenizer=None, merge_lora: bool = True) -> Path:
-        "Save the trained model with `save_pretrained` (LoRA merged by default) so `from_pretrained` loads it."
+    def save_model(self, path, tokenizer=None, merge_lora: bool = True, model=None) -> Path:
+        "Save the trained model (or `model`, e.g. the policy inside it) with `save_pretrained`, LoRA merged."
         path = Path(path)
         if self.is_main:
-            m = self.unwrapped
+            m = self.unwrapped if model is None else model
             if merge_lora and hasattr(m, "merge_and_unload"):
                 import copy
 
@@ -841,3 +843,89 @@ def plot_metrics(rows_or_dir, keys, ax=None, title: str | None = None):
     if title:
         ax.set_title(title)
     return ax
+
+# %% ../nbs/05_train.ipynb #ac0b24b7
+def _rollout_step(self) -> dict:
+    "One round: `make_batch(self)` → (updates, metrics), one optimiser step per update (none: nothing to learn)."
+    acc = self.accelerator
+    t0 = time.perf_counter()
+    updates, metrics = self.make_batch(self)
+    t_gen = time.perf_counter() - t0
+    if not all(updates):
+        raise ValueError(
+            f"make_batch returned an update without micro-batches in round {self.state.get('round', 0) + 1}"
+        )
+    sums: dict[str, float] = {}
+    norms = []
+    self.model.train()
+    for micro in updates:
+        for i, b in enumerate(micro):
+            ctx = acc.no_sync(self.model) if i < len(micro) - 1 else contextlib.nullcontext()
+            with ctx, acc.autocast():
+                loss, m = self.loss_fn(self.model, b)
+                self.backward(loss)
+            for k, v in {"loss": loss, **m}.items():
+                sums[k] = sums.get(k, 0.0) + _item(v) / len(updates)
+        norms.append(self.optimizer_step())
+    t_upd = time.perf_counter() - t0 - t_gen
+    self.state["round"] = self.state.get("round", 0) + 1
+    return {
+        **metrics,
+        **sums,
+        "grad_norm": sum(norms)
+        / max(len(norms), 1),  # a round may bring nothing to learn (online DPO's ties)
+        "lr": self.scheduler.get_last_lr()[0],
+        "time/gen_s": t_gen,
+        "time/update_s": t_upd,
+        "time/gen_share": t_gen / (t_gen + t_upd),
+    }
+
+
+def _fit_rollouts(self, rounds: int, eval_at_start: bool = True, progress: bool = True) -> list[dict]:
+    "Run `rounds` rounds of `rollout_step` (resuming); evaluate, log and checkpoint at round boundaries."
+    if self.make_batch is None or self.loss_fn is None:
+        raise ValueError("fit_rollouts() needs make_batch and loss_fn")
+    lock = RunLock(self.out_dir) if self.out_dir is not None and self.is_main else contextlib.nullcontext()
+    with deferred_signals(), lock:
+        self.resume()
+        return self._fit_rounds(rounds, eval_at_start, progress)
+
+
+def _fit_rounds(self, rounds: int, eval_at_start: bool, progress: bool) -> list[dict]:
+    self.state.setdefault("round", 0)
+    if self.state["round"] >= rounds and self.finished:
+        return self.history
+    self.finished = False
+    eval_every, save_every = self.cfg.get("eval_every") or 0, self.cfg.get("save_every") or 0
+    self.pbar = tqdm(
+        total=rounds,
+        initial=self.state["round"],
+        disable=not (progress and self.is_main),
+        desc=self.cfg.get("objective") or "rollouts",
+    )
+
+    def counters():  # round, flops, …: the run's counters go on every log line
+        return {k: v for k, v in self.state.items() if isinstance(v, (int, float))}
+
+    try:
+        if self.state["round"] == 0 and eval_every and eval_at_start and self.eval_fn is not None:
+            self.log({**counters(), **self.evaluate()})
+        while self.state["round"] < rounds:
+            row = self.rollout_step()
+            r = self.state["round"]
+            if eval_every and r % eval_every == 0 or r == rounds:
+                row.update(self.evaluate())
+            self.log({**counters(), **row})
+            self.pbar.update(1)
+            saved = bool(save_every and r % save_every == 0)
+            if saved:
+                self.save_checkpoint()
+            self.stop_if_requested(saved)  # Ctrl-C / SIGTERM: stop at this round's end, checkpoint saved
+        self.finished = True
+        self.save_checkpoint()  # a finished run always leaves a checkpoint to resume or extend from
+    finally:
+        self.pbar.close()
+    return self.history
+
+
+Trainer.rollout_step, Trainer.fit_rollouts, Trainer._fit_rounds = _rollout_step, _fit_rollouts, _fit_rounds

@@ -122,7 +122,7 @@ def test_bad_config(tiny):
 def test_rl_training_hands_exclude_evaluation_hands():
     import random
     from alignbook.lm import gpoints
-    from alignbook.lm.rl import _training_hand
+    from alignbook.lm.rltrain import training_hand
 
     rng = random.Random(0)
-    assert not any(gpoints.is_held_out(_training_hand(rng, gpoints.ID_RULE)) for _ in range(300))
+    assert not any(gpoints.is_held_out(training_hand(rng, gpoints.ID_RULE)) for _ in range(300))

@@ -35,15 +35,21 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
 
 # %% ../../nbs/04_logps.ipynb #66ff539f
 def completion_logps(
-    logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
+    logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-token log-probs of the next tokens (B, T-1), zeroed outside the completion, and that mask."
+    "Per-token log-probs (B, T-1) of next tokens under softmax(logits / T), 0 off the completion; the mask."
     if logits.shape[:2] != input_ids.shape or input_ids.shape != completion_mask.shape:
         raise ValueError(
-            f"shapes disagree: logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)}, completion_mask {tuple(completion_mask.shape)}"
+            f"shapes disagree: logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)}, "
+            f"completion_mask {tuple(completion_mask.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(
+            f"temperature must be > 0 to score tokens (greedy sampling is scored at 1), got {temperature}"
         )
     labels, mask = input_ids[:, 1:], completion_mask[:, 1:].bool()
-    lp = selective_log_softmax(logits[:, :-1], labels.masked_fill(~mask, 0))
+    logits = logits[:, :-1] if temperature == 1.0 else logits[:, :-1] / temperature
+    lp = selective_log_softmax(logits, labels.masked_fill(~mask, 0))
     return lp.masked_fill(~mask, 0.0), mask
 
 # %% ../../nbs/04_logps.ipynb #881df13a
@@ -76,8 +82,9 @@ def sequence_logps(
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     return_logits: bool = False,
+    temperature: float = 1.0,
 ) -> LogProbs:
-    "Run `model` and return the completion log-probs of every row (sums, averages, per-token)."
+    "Run `model`; the completion log-probs of every row (sums, averages, per-token) at `temperature`."
     B, T = input_ids.shape
     if (completion_mask.sum(1) == 0).any():
         rows = (completion_mask.sum(1) == 0).nonzero().flatten().tolist()
@@ -90,11 +97,11 @@ def sequence_logps(
     # use_cache=False: a scoring forward needs no key/value cache (keeping one costs memory in training)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
     if logits.shape[1] < T:  # left-pad the cropped logits' results back to full width
-        lp, mask = completion_logps(logits, input_ids[:, -keep:], completion_mask[:, -keep:])
+        lp, mask = completion_logps(logits, input_ids[:, -keep:], completion_mask[:, -keep:], temperature)
         lp = F.pad(lp, (T - keep, 0))
         mask = F.pad(mask, (T - keep, 0))
     else:
-        lp, mask = completion_logps(logits, input_ids, completion_mask)
+        lp, mask = completion_logps(logits, input_ids, completion_mask, temperature)
     n = mask.sum(1)
     s = lp.sum(1)
     return LogProbs(s, s / n.clamp(min=1), n, lp, mask, logits[:, :-1] if return_logits else None)

@@ -10,11 +10,12 @@ from ..models import load_policy
 from ..data import tokenize_sft, collate_sft, load_rows, validate_dataset
 from .logps import sequence_logps
 from . import gpoints
+from .rleval import gpoints_eval_fn  # the one GeneralPoints evaluator (SFT and RL)
 from ..train import Trainer
 from ..results import TrainResult
 
 # %% auto #0
-__all__ = ['sft_loss', 'sft_loss_fn', 'completion_tokens', 'sft_dataset', 'gpoints_eval_fn', 'train_sft', 'check_sft_loss']
+__all__ = ['sft_loss', 'sft_loss_fn', 'completion_tokens', 'sft_dataset', 'train_sft', 'check_sft_loss']
 
 # %% ../../nbs/10_sft.ipynb #ee01b1ca
 def sft_loss(token_logps: torch.Tensor, mask: torch.Tensor, dft: bool = False) -> torch.Tensor:
@@ -70,30 +71,6 @@ def sft_dataset(cfg):
     return ds.select(range(min(len(ds), cfg.n_train))) if cfg.n_train else ds
 
 # %% ../../nbs/10_sft.ipynb #7ff697c3
-def gpoints_eval_fn(tokenizer, cfg):
-    "An `eval_fn` measuring greedy GeneralPoints success on `cfg.eval_size` held-out hands of each rule."
-    from alignbook.lm.rollout import evaluate_policy
-
-    def eval_fn(model):
-        out = {}
-        for rule in ("id", "ood"):
-            r = evaluate_policy(
-                model,
-                tokenizer,
-                rule,
-                n=cfg.eval_size,
-                seed=0,
-                style=cfg.prompt_style,
-                max_new_tokens=cfg.max_new_tokens,
-                batch_size=min(cfg.eval_size, 256),
-            )
-            out[f"eval/{rule}_success"] = r["success_rate"]
-            out[f"eval/{rule}_reward"] = r["mean_reward"]
-        return out
-
-    return eval_fn
-
-
 def train_sft(cfg) -> TrainResult:
     "Fine-tune `cfg.model` on `sft_dataset(cfg)`; writes metrics.jsonl, checkpoints and DIR/final."
     ds = sft_dataset(cfg)
