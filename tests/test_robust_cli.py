@@ -99,7 +99,7 @@ def test_sft_trains_from_a_jsonl_file(tmp_path):
         "eval_size=0",
     )
     assert code == 0, err
-    assert json.loads(out)["steps"] == 1
+    assert json.loads(out)["summary"]["steps"] == 1  # the CLI prints a TrainResult: out_dir, final_path, summary
 
 
 def _saved_run(d: Path, objective="sft", finished=True, **kw):
