@@ -24,22 +24,23 @@ class TrainResult(dict):
 
     FIELDS = ("out_dir", "final_path", "summary", "history")
 
-    def __init__(self, out_dir=None, final_path=None, summary=None, history=None, model=None):
+    def __init__(self, out_dir=None, final_path=None, summary=None, history=None, model=None, tokenizer=None):
         super().__init__(
             out_dir=None if out_dir is None else str(out_dir),
             final_path=None if final_path is None else str(final_path),
             summary=dict(summary or {}),
             history=list(history or []),
         )
-        self.model = model
+        self.model, self.tokenizer = model, tokenizer
 
     @classmethod
-    def from_trainer(cls, trainer, cfg, tokenizer=None) -> "TrainResult":
-        "Save the final model (`save_final`) and gather the run's result from a fitted `Trainer`."
-        final = save_final(trainer, cfg, tokenizer)
+    def from_trainer(cls, trainer, cfg, tokenizer=None, model=None, **counters) -> "TrainResult":
+        "Save the final model (`save_final`) and gather the run's result; `counters` join the summary."
+        final = save_final(trainer, cfg, tokenizer, model=model)
         history = list(getattr(trainer, "history", []))
-        summary = {**summarize(history), "steps": trainer.step}
-        return cls(trainer.out_dir, final, summary, history, model=trainer.unwrapped)
+        summary = {**summarize(history), "steps": trainer.step, **counters}
+        model = trainer.unwrapped if model is None else model
+        return cls(trainer.out_dir, final, summary, history, model=model, tokenizer=tokenizer)
 
     def __getattr__(self, k):
         if k in TrainResult.FIELDS:
@@ -51,20 +52,20 @@ class TrainResult(dict):
             return self["summary"][k]
         if k == "final_model":  # the older name of final_path
             return self["final_path"]
-        if k == "model":
-            return self.model
+        if k in ("model", "tokenizer"):  # the objects ride along as attributes, never printed
+            return getattr(self, k)
         raise KeyError(
             f"{k!r} is neither a TrainResult field ({', '.join(TrainResult.FIELDS)}) "
             f"nor a summary metric ({', '.join(self['summary']) or 'none logged'})"
         )
 
 # %% ../nbs/05b_results.ipynb #f4e309e5
-def save_final(trainer, cfg, tokenizer=None) -> Path | None:
+def save_final(trainer, cfg, tokenizer=None, model=None) -> Path | None:
     "Save the trained model (LoRA merged), its tokenizer and `cfg` to OUT_DIR/final; None without an out_dir."
     out = trainer.out_dir or cfg.get("out_dir")
     if out is None:
         return None
-    path = trainer.save_model(Path(out) / "final", tokenizer)
+    path = trainer.save_model(Path(out) / "final", tokenizer, model=model)
     if trainer.is_main:
         (path / "alignbook_config.json").write_text(json.dumps(dict(cfg), indent=1, default=str))
     return path

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..config import register_objective
 from ..models import load_policy, load_causal_lm, count_params
 from ..train import Trainer, set_seed
+from ..results import TrainResult
 from . import gpoints
 from .rollout import play_gpoints, pack_batch
 from .rleval import rl_evaluate
@@ -132,7 +133,7 @@ def distill_loss_fn(cfg, teacher):
     return loss_fn
 
 
-def train_distill(cfg, progress: bool = True) -> dict:
+def train_distill(cfg, progress: bool = True) -> TrainResult:
     "On-policy distillation of `cfg.teacher` into `cfg.model` on GeneralPoints, through the shared `Trainer`."
     if not cfg.teacher:
         raise ValueError(
@@ -158,31 +159,13 @@ def train_distill(cfg, progress: bool = True) -> dict:
     )
     teacher.to(tr.device)
     tr.state["flops"] = 0.0
-    history = tr.fit_rollouts(cfg.max_steps, progress=progress)
-    if cfg.out_dir:
-        tr.save_model(f"{cfg.out_dir}/final", tok)
-    last = history[-1] if history else {}
-    return dict(
-        objective="distill",
-        rounds=tr.state["round"],
-        flops=tr.state["flops"],
-        **{k: v for k, v in last.items() if k.startswith("eval/")},
-        history=history,
-        model=tr.unwrapped,
-        tokenizer=tok,
-    )
-
-
-def _train_distill_cli(cfg):
-    out = train_distill(cfg)
-    out.pop("model")
-    out.pop("tokenizer")
-    return out
+    tr.fit_rollouts(cfg.max_steps, progress=progress)
+    return TrainResult.from_trainer(tr, cfg, tok, rounds=tr.state["round"], flops=tr.state["flops"])
 
 
 register_objective(
     "distill",
-    _train_distill_cli,
+    train_distill,
     toy=DISTILL_TOY,
     gpu={**DISTILL_TOY, **DISTILL_GPU},
     help="on-policy distillation: the student samples, the teacher scores every token (KL or JSD)",

@@ -4,11 +4,13 @@
 
 # %% ../../nbs/35_online_dpo.ipynb #97837d02
 from __future__ import annotations
-import copy, random
+import random
 import torch
 from ..config import register_objective
-from ..models import load_policy, load_causal_lm, count_params
+from ..models import load_policy, count_params
 from ..train import Trainer, set_seed
+from ..results import TrainResult
+from .reference import make_reference
 from . import gpoints
 from .dpo import dpo_loss
 from .rollout import play_gpoints, pack_batch, completion_token_logps
@@ -56,12 +58,8 @@ class OnlineDPORollouts:
             [t["prompt_ids"] for t in rows], [t["completion_ids"] for t in rows], self.tok.pad_token_id
         )
         b = {k: v.to(trainer.device) for k, v in b.items()}
-        if self.ref is not None:
-            ref = completion_token_logps(self.ref, b)[0]
-        else:
-            with trainer.unwrapped.disable_adapter():  # LoRA: the base weights are the reference
-                ref = completion_token_logps(trainer.model, b)[0]
-        b["ref_logps"] = ref.sum(1)
+        with self.ref.active(trainer.unwrapped) as ref_model:
+            b["ref_logps"] = completion_token_logps(ref_model, b)[0].sum(1)
         b["weight"] = len(pairs) / n_pairs
         return b
 
@@ -119,16 +117,13 @@ def online_dpo_loss_fn(cfg):
     return loss_fn
 
 
-def train_online_dpo(cfg, progress: bool = True) -> dict:
+def train_online_dpo(cfg, progress: bool = True) -> TrainResult:
     "Online DPO on GeneralPoints: pairs sampled from the policy each round, judged by the verifier."
     if cfg.group_size < 2:
         raise ValueError(f"group_size must be >= 2 (a pair needs two answers), got {cfg.group_size}")
     set_seed(cfg.seed)
     policy, tok = load_policy(cfg)
-    if cfg.ref_model:
-        ref = load_causal_lm(cfg.ref_model).requires_grad_(False)
-    else:
-        ref = None if cfg.lora else copy.deepcopy(policy).requires_grad_(False).eval()
+    ref = make_reference(cfg, policy, online=True)  # cfg.reference, cfg.ref_model
     tr = Trainer(
         policy,
         cfg,
@@ -137,34 +132,15 @@ def train_online_dpo(cfg, progress: bool = True) -> dict:
         eval_fn=lambda m: rl_evaluate(m, tok, cfg),
         out_dir=cfg.out_dir,
     )
-    if ref is not None:
-        ref.to(tr.device)
+    ref.to(tr.device)
     tr.state["flops"] = 0.0
-    history = tr.fit_rollouts(cfg.max_steps, progress=progress)
-    if cfg.out_dir:
-        tr.save_model(f"{cfg.out_dir}/final", tok)
-    last = history[-1] if history else {}
-    return dict(
-        objective="online-dpo",
-        rounds=tr.state["round"],
-        flops=tr.state["flops"],
-        **{k: v for k, v in last.items() if k.startswith("eval/")},
-        history=history,
-        model=tr.unwrapped,
-        tokenizer=tok,
-    )
-
-
-def _train_cli(cfg):
-    out = train_online_dpo(cfg)
-    out.pop("model")
-    out.pop("tokenizer")
-    return out
+    tr.fit_rollouts(cfg.max_steps, progress=progress)
+    return TrainResult.from_trainer(tr, cfg, tok, rounds=tr.state["round"], flops=tr.state["flops"])
 
 
 register_objective(
     "online-dpo",
-    _train_cli,
+    train_online_dpo,
     toy=ONLINE_DPO_TOY,
     gpu={**ONLINE_DPO_TOY, **ONLINE_DPO_GPU},
     help="online DPO: two fresh samples per prompt, the GeneralPoints verifier as the judge",

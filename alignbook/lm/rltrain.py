@@ -4,13 +4,14 @@
 
 # %% ../../nbs/31_rl.ipynb #9d9f7a33
 from __future__ import annotations
-import copy, random
-from pathlib import Path
+import random
 import torch
 import torch.nn as nn
 from ..config import register_objective
-from ..models import load_policy, load_causal_lm, count_params, TOY_BASE
+from ..models import load_policy, count_params, TOY_BASE
 from ..train import Trainer, set_seed
+from ..results import TrainResult
+from .reference import make_reference
 from . import gpoints
 from .logps import completion_logps
 from alignbook.lm.pg import (
@@ -224,12 +225,8 @@ def chunk_weight(loss_type: str, chunk: list[dict], update: list[dict]) -> float
 
 
 def _reference(cfg, policy):
-    "The frozen reference for β > 0: `ref_model`, else a copy of the policy (LoRA: adapters switched off)."
-    if cfg.beta <= 0:
-        return None
-    if cfg.ref_model is not None:
-        return load_causal_lm(cfg.ref_model).requires_grad_(False)
-    return None if cfg.lora else copy.deepcopy(policy).requires_grad_(False).eval()
+    "The frozen reference for β > 0, from `cfg.reference` and `cfg.ref_model` (`alignbook.lm.reference`)."
+    return make_reference(cfg, policy, online=True) if cfg.beta > 0 else None
 
 # %% ../../nbs/31_rl.ipynb #03b04ed7
 class GPointsRollouts:
@@ -288,13 +285,8 @@ class GPointsRollouts:
             if cfg.tis_cap:
                 b["tis"] = truncated_is_weights(b["old"], b["sampler"], cfg.tis_cap)
         if cfg.beta > 0:
-            if self.ref is not None:
-                b["ref"] = completion_token_logps(self.ref, b, cfg.temperature)[0]
-            else:
-                with policy_of(
-                    trainer.unwrapped
-                ).disable_adapter():  # LoRA: the base weights are the reference
-                    b["ref"] = completion_token_logps(trainer.model, b, cfg.temperature)[0]
+            with self.ref.active(policy_of(trainer.unwrapped)) as ref_model:
+                b["ref"] = completion_token_logps(ref_model, b, cfg.temperature)[0]
         return b
 
     def __call__(self, trainer) -> tuple[list[list[dict]], dict]:
@@ -428,29 +420,14 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
     if ref is not None:
         ref.to(tr.device)
     tr.state["flops"] = 0.0  # a resumed run reads its count from the checkpoint
-    history = tr.fit_rollouts(cfg.max_steps, eval_at_start, progress)
-    pol = policy_of(tr.unwrapped)
-    if cfg.out_dir:
-        tr.save_model(Path(cfg.out_dir) / "final", tok, model=pol)
-    last = history[-1] if history else {}
-    return dict(
-        algo=name,
-        rounds=tr.state["round"],
-        flops=tr.state["flops"],
-        n_params=n_params,
-        **{k: v for k, v in last.items() if k.startswith("eval/")},
-        history=history,
-        model=pol,
-        tokenizer=tok,
-    )
+    tr.fit_rollouts(cfg.max_steps, eval_at_start, progress)
+    counters = dict(algo=name, rounds=tr.state["round"], flops=tr.state["flops"], n_params=n_params)
+    return TrainResult.from_trainer(tr, cfg, tok, model=policy_of(tr.unwrapped), **counters)
 
 # %% ../../nbs/31_rl.ipynb #cb92abe9
 def _train_fn(algo):
     def fn(cfg):
-        out = train_rl(cfg, algo)  # the Trainer defers Ctrl-C / SIGTERM to a round's end
-        out.pop("model")
-        out.pop("tokenizer")
-        return out
+        return train_rl(cfg, algo)
 
     fn.__name__ = f"train_{algo}"
     return fn
