@@ -44,6 +44,12 @@ class Reference:
     def _active(self, policy):
         yield self._model(policy)
 
+    @contextlib.contextmanager
+    def active(self, policy):
+        "Inside the block: the reference model for `policy` (for adapter references, the policy switched over)."
+        with self._active(policy) as m:
+            yield m
+
     def forward(self, policy, batch, return_logits=False) -> LogProbs:
         "LogProbs of the batch's completions under the reference."
         with torch.no_grad(), self._active(policy) as m, eval_mode(m):
@@ -102,12 +108,24 @@ class DisabledAdapterReference(Reference):
     @contextlib.contextmanager
     def _active(self, policy):
         m = _unwrap(policy)
-        if not hasattr(m, "disable_adapter"):
+        if hasattr(m, "disable_adapter"):  # a peft PeftModel
+            with m.disable_adapter():
+                yield m
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [x for x in m.modules() if isinstance(x, BaseTunerLayer)]  # adapters injected in place
+        if not layers:
             raise ValueError(
                 "reference='disabled_adapter' needs a peft (LoRA) policy: set lora=True, or use reference='copy'"
             )
-        with m.disable_adapter():
+        for x in layers:
+            x.enable_adapters(False)
+        try:
             yield m
+        finally:
+            for x in layers:
+                x.enable_adapters(True)
 
     def fingerprint(self, policy):
         m = _unwrap(policy)
