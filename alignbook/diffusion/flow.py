@@ -4,19 +4,20 @@
 
 # %% ../../nbs/40_flow.ipynb #e430019e
 from __future__ import annotations
-import math, os, json, hashlib
+import contextlib, io, json, math, time
 from pathlib import Path
-import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from diffusers import UNet2DModel, UNet2DConditionModel
+from ..config import Config, COMMON
+from ..train import Trainer
 
 # %% auto #0
 __all__ = ['NUM_TRAIN_TIMESTEPS', 'DIGITS_UNET', 'DIGITS_FLOW_RECIPE', 'interpolate', 'flow_target', 'to_meta_convention',
            'from_meta_convention', 'velocity', 'sample_sigmas', 'flow_errors', 'flow_loss', 'sigma_schedule',
            'sample_ode', 'GaussianVelocity', 'sde_step', 'sample_sde', 'moons', 'gaussian_mixture',
            'timestep_embedding', 'MLPVelocity', 'fit_flow_2d', 'mmd_rbf', 'digits_unet', 'load_digits_images',
-           'to_unit', 'show_grid', 'digits_flow_path', 'build_digits_flow', 'toy_digits_flow', 'collate_digits',
-           'flow_loss_fn', 'digits_mmd', 'train_flow', 'check_flow_errors']
+           'to_unit', 'show_grid', 'digits_rows', 'collate_digits', 'flow_loss_fn', 'digits_flow_path',
+           'build_digits_flow', 'toy_digits_flow', 'digits_mmd', 'train_flow', 'check_flow_errors']
 
 # %% ../../nbs/40_flow.ipynb #eff65dbb
 def _bc(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -334,8 +335,37 @@ def show_grid(x: torch.Tensor, nrow: int = 10, ax=None, title: str | None = None
         ax.set_title(title)
     return ax
 
+# %% ../../nbs/40_flow.ipynb #b7d1e0a2
+def digits_rows(resolution: int = 8) -> list[dict]:
+    "The digits as Trainer rows {'pixel_values' (1,H,W), 'class_labels' ()}."
+    x, y = load_digits_images(resolution)
+    return [{"pixel_values": x[i], "class_labels": y[i]} for i in range(len(x))]
+
+
+def collate_digits(rows: list[dict]) -> dict:
+    "Stack rows {'pixel_values' (1,H,W), 'class_labels' ()} into a batch."
+    return {
+        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+        "class_labels": torch.stack([r["class_labels"] for r in rows]),
+    }
+
+
+def flow_loss_fn(model, batch: dict):
+    "Trainer loss_fn: mean CFM loss on batch['pixel_values'] conditioned on batch['class_labels']."
+    per = flow_loss(model, batch["pixel_values"], batch.get("class_labels"))
+    return per.mean(), {"flow_loss": per.mean()}
+
 # %% ../../nbs/40_flow.ipynb #ff8b4d56
-DIGITS_FLOW_RECIPE = dict(steps=4000, batch_size=128, lr=2e-3, seed=0, warmup=200)
+DIGITS_FLOW_RECIPE = dict(
+    steps=4000,  # about 15 minutes on one CPU thread
+    batch_size=128,
+    lr=2e-3,  # high for a transformer, fine for a 0.7M-parameter UNet with warmup and clipping
+    warmup_steps=200,
+    scheduler="cosine",
+    max_grad_norm=1.0,
+    seed=0,
+    threads=1,  # one thread sums floats in one order: two builds give byte-identical weights
+)
 
 
 def digits_flow_path() -> Path:
@@ -346,38 +376,59 @@ def digits_flow_path() -> Path:
 
 
 def build_digits_flow(out_dir: str | Path | None = None, progress: bool = True, **recipe) -> Path:
-    "Rebuild the pretrained digits flow deterministically (1 CPU thread, fixed seed) and save it to out_dir."
-    r = {**DIGITS_FLOW_RECIPE, **recipe}
-    out_dir = Path(out_dir or digits_flow_path())
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(r["seed"])
-        g = torch.Generator().manual_seed(r["seed"])
-        x, y = load_digits_images()
-        model = digits_unet(seed=r["seed"]).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / r["warmup"]) * 0.5 * (1 + math.cos(math.pi * s / r["steps"]))
-        )
-        it = range(r["steps"])
-        if progress:
-            from tqdm.auto import tqdm
+    "Train the digits flow from scratch with `Trainer` per `DIGITS_FLOW_RECIPE` (+ overrides); save it and BUILD.json."
+    from alignbook.toybase import sha256_file
 
-            it = tqdm(it, desc="digits flow")
-        for step in it:
-            idx = torch.randint(0, len(x), (r["batch_size"],), generator=g)
-            loss = flow_loss(model, x[idx], y[idx], generator=g).mean()
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+    r = {**DIGITS_FLOW_RECIPE, **recipe}
+    out = Path(out_dir or digits_flow_path())
+    prev = torch.get_num_threads()
+    torch.set_num_threads(r["threads"])
+    try:
+        cfg = Config(
+            {
+                **COMMON,
+                "objective": "digits-flow",
+                "model": "digits-unet",
+                "seed": r["seed"],
+                "batch_size": r["batch_size"],
+                "lr": r["lr"],
+                "warmup_steps": r["warmup_steps"],
+                "scheduler": r["scheduler"],
+                "max_grad_norm": r["max_grad_norm"],
+                "max_steps": r["steps"],
+                "log_every": 100,
+                "device": "cpu",
+            }
+        )
+        t = Trainer(
+            digits_unet(seed=r["seed"]),
+            cfg,
+            loss_fn=flow_loss_fn,
+            train_data=digits_rows(),
+            collate_fn=collate_digits,
+            out_dir=None,
+        )
+        t0 = time.time()
+        with contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO()):
+            t.fit(resume=False)
+        t.unwrapped.eval()
+        t.save_model(out)
     finally:
-        torch.set_num_threads(n_threads)
-    model.eval().save_pretrained(out_dir)
-    (out_dir / "recipe.json").write_text(json.dumps({**r, "final_loss": loss.item()}, indent=1))
-    return out_dir
+        torch.set_num_threads(prev)
+    import diffusers
+
+    meta = {
+        "recipe": r,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "params": sum(p.numel() for p in t.unwrapped.parameters()),
+        "minutes": round((time.time() - t0) / 60, 2),
+        "final_loss": t.history[-1]["loss"],
+        "sha256": sha256_file(out / "diffusion_pytorch_model.safetensors"),
+    }
+    (out / "BUILD.json").write_text(json.dumps(meta, indent=1))
+    (out / "recipe.json").unlink(missing_ok=True)  # the record of builds before the Trainer
+    return out
 
 
 def toy_digits_flow(path: str | Path | None = None) -> UNet2DModel:
@@ -397,20 +448,6 @@ if (
     print(build_digits_flow())
 
 # %% ../../nbs/40_flow.ipynb #972e6ed5
-def collate_digits(rows: list[dict]) -> dict:
-    "Stack rows {'pixel_values' (1,H,W), 'class_labels' ()} into a batch."
-    return {
-        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-        "class_labels": torch.stack([r["class_labels"] for r in rows]),
-    }
-
-
-def flow_loss_fn(model, batch: dict):
-    "Trainer loss_fn: mean CFM loss on batch['pixel_values'] conditioned on batch['class_labels']."
-    per = flow_loss(model, batch["pixel_values"], batch.get("class_labels"))
-    return per.mean(), {"flow_loss": per.mean()}
-
-
 @torch.no_grad()
 def digits_mmd(model, n: int = 500, steps: int = 10, seed: int = 1, resolution: int = 8) -> float:
     "Kernel distance (MMD²) between n class-balanced samples of `model` and n real digits."
@@ -423,9 +460,6 @@ def digits_mmd(model, n: int = 500, steps: int = 10, seed: int = 1, resolution: 
 
 def train_flow(cfg) -> dict:
     "Train/fine-tune the digits flow with CFM through alignbook.train.Trainer; returns the last metrics + MMD."
-    from alignbook.train import Trainer
-
-    x, y = load_digits_images(cfg.resolution)
     if cfg.init == "pretrained":
         if cfg.resolution != 8:
             raise ValueError(
@@ -436,12 +470,11 @@ def train_flow(cfg) -> dict:
         model = digits_unet(seed=cfg.seed, sample_size=cfg.resolution)
     else:
         raise ValueError(f"train_flow: init={cfg.init!r}; use 'pretrained' or 'scratch'")
-    rows = [{"pixel_values": x[i], "class_labels": y[i]} for i in range(len(x))]
     tr = Trainer(
         model.train(),
         cfg,
         loss_fn=flow_loss_fn,
-        train_data=rows,
+        train_data=digits_rows(cfg.resolution),
         collate_fn=collate_digits,
         out_dir=cfg.out_dir,
     )
@@ -495,8 +528,8 @@ register_objective(
 )
 
 # %% ../../nbs/40_flow.ipynb #ecd12208
-def check_flow_errors(fn) -> str:
-    "Check a student's fn(model, x0, noise, sigma) against `flow_errors` on random inputs."
+def check_flow_errors(fn) -> None:
+    "Check a student's fn(model, x0, noise, sigma) against `flow_errors`; raises AssertionError with a hint if wrong."
     g = torch.Generator().manual_seed(123)
     m = MLPVelocity(3, hidden=16, depth=1)
     x0, eps, sig = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.rand(6, generator=g)
@@ -505,4 +538,3 @@ def check_flow_errors(fn) -> str:
         f"expected per-example errors of shape {tuple(want.shape)}, got {tuple(got.shape)}"
     )
     assert torch.allclose(got, want, atol=1e-5), "values differ: is the target ε − x0 and x_σ = (1−σ)x0 + σε?"
-    return "correct"
