@@ -4,59 +4,37 @@
 
 # %% ../../nbs/42_diffusion_dpo.ipynb #5ab29a8e
 from __future__ import annotations
-import copy, math
-from pathlib import Path
 import torch, torch.nn.functional as F
 from ..config import register_objective
-from alignbook.diffusion.flow import (
-    toy_digits_flow,
-    sample_ode,
-    flow_errors,
-    sample_sigmas,
-    show_grid,
-    mmd_rbf,
+from .prefs import encode_pair, pair_errors, reference_errors, image_reference
+from alignbook.diffusion.preftrain import (
+    PREF_LOSSES,
+    IMAGE_PREF_TOY,
+    IMAGE_PREF_GPU,
+    train_image_prefs,
+    validate_errors,
+    draw_noise,
 )
-from alignbook.diffusion.prefs import (
-    make_toy_pairs,
-    pickapic_rows,
-    collate_image_prefs,
-    validate_pickapic,
-    load_pickapic,
-    pair_errors,
-    encode_pair,
-    reference_errors,
-    add_lora,
-    stroke_ink,
-    TASTES,
+from alignbook.diffusion.preftrain import (  # moved to diffusion.preftrain; still importable from here
+    load_image_model as load_image_model,
+    image_pref_data as image_pref_data,
+    preference_eval as preference_eval,
+    sft_chosen_loss_fn as sft_chosen_loss_fn,
 )
 
 # %% auto #0
-__all__ = ['PREF_LOSSES', 'IMAGE_PREF_TOY', 'IMAGE_PREF_GPU', 'diffusion_dpo_logits', 'diffusion_dpo_loss',
-           'diffusion_dpo_loss_sdxl', 'implicit_accuracy', 'diffusion_dpo_loss_fn', 'sft_chosen_loss_fn',
-           'load_image_model', 'image_pref_data', 'preference_eval', 'train_image_prefs', 'check_diffusion_dpo']
+__all__ = ['diffusion_dpo_logits', 'diffusion_dpo_loss', 'diffusion_dpo_loss_sdxl', 'implicit_accuracy', 'diffusion_dpo_loss_fn',
+           'check_diffusion_dpo']
 
 # %% ../../nbs/42_diffusion_dpo.ipynb #38312e65
-def _check_errs(**errs):
-    for k, v in errs.items():
-        if not torch.is_tensor(v):
-            raise TypeError(f"{k} must be a tensor of per-example errors (B,), got {type(v).__name__}")
-        if v.ndim != 1:
-            raise ValueError(
-                f"{k} must be per-example errors of shape (B,), got {tuple(v.shape)}; reduce over pixels first (mean)"
-            )
-    shapes = {k: tuple(v.shape) for k, v in errs.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"per-example errors must share one shape (B,), got {shapes}")
-
-
 def diffusion_dpo_logits(model_err_w, model_err_l, ref_err_w, ref_err_l) -> torch.Tensor:
     "ref_diff − model_diff (B,): > 0 when the policy lowered the chosen error more than the rejected one."
-    _check_errs(model_err_w=model_err_w, model_err_l=model_err_l, ref_err_w=ref_err_w, ref_err_l=ref_err_l)
+    validate_errors(model_err_w=model_err_w, model_err_l=model_err_l, ref_err_w=ref_err_w, ref_err_l=ref_err_l)
     return (ref_err_w - ref_err_l).detach() - (model_err_w - model_err_l)
 
 
 def diffusion_dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, beta: float = 2500.0) -> torch.Tensor:
-    "Per-example Diffusion-DPO loss −logσ(β·(ref_diff − model_diff)) (B,) (diffusers SD1.5 form, β=2500); reference detached."
+    "Per-example Diffusion-DPO loss −logσ(β·(ref_diff − model_diff)) (B,) (diffusers SD 1.5 form); ref detached."
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (typically 2000-5000 for per-pixel mean errors), got {beta}")
     return -F.logsigmoid(beta * diffusion_dpo_logits(model_err_w, model_err_l, ref_err_w, ref_err_l))
@@ -65,8 +43,8 @@ def diffusion_dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, beta: flo
 def diffusion_dpo_loss_sdxl(
     model_err_w, model_err_l, ref_err_w, ref_err_l, beta_dpo: float = 5000.0
 ) -> torch.Tensor:
-    "The original / SDXL form −logσ(−½β'·(model_diff − ref_diff)) (B,), β' = 5000; equals `diffusion_dpo_loss` at β = β'/2."
-    _check_errs(model_err_w=model_err_w, model_err_l=model_err_l, ref_err_w=ref_err_w, ref_err_l=ref_err_l)
+    "The original / SDXL form −logσ(−½β'·(model_diff − ref_diff)) (B,); equals `diffusion_dpo_loss` at β = β'/2."
+    validate_errors(model_err_w=model_err_w, model_err_l=model_err_l, ref_err_w=ref_err_w, ref_err_l=ref_err_l)
     inside = -0.5 * beta_dpo * ((model_err_w - model_err_l) - (ref_err_w - ref_err_l).detach())
     return -F.logsigmoid(inside)
 
@@ -76,20 +54,15 @@ def implicit_accuracy(logits: torch.Tensor) -> torch.Tensor:
     return (logits > 0).float().mean() + 0.5 * (logits == 0).float().mean()
 
 # %% ../../nbs/42_diffusion_dpo.ipynb #deb24c1c
-def _draw(x_w: torch.Tensor, generator=None):
-    return torch.randn(x_w.shape, generator=generator).to(x_w), sample_sigmas(
-        x_w.shape[0], generator, device=x_w.device
-    )
-
-
 def diffusion_dpo_loss_fn(beta: float = 2500.0, ref_model=None):
-    "Trainer loss_fn(model, batch) → (mean Diffusion-DPO loss, metrics); reference = adapters off, or ref_model."
+    "Trainer loss_fn(model, batch) → (mean Diffusion-DPO loss, metrics); reference: `image_reference(ref_model)`."
+    reference = image_reference(ref_model)
 
     def loss_fn(model, batch):
         x_w, x_l = encode_pair(model, batch["x_w"], batch["x_l"])
-        noise, sigma = _draw(x_w)
+        noise, sigma = draw_noise(x_w)
         mw, ml = pair_errors(model, x_w, x_l, batch["cond"], noise, sigma)
-        rw, rl = reference_errors(model, x_w, x_l, batch["cond"], noise, sigma, ref_model=ref_model)
+        rw, rl = reference_errors(model, x_w, x_l, batch["cond"], noise, sigma, ref_model=reference)
         logits = diffusion_dpo_logits(mw, ml, rw, rl)
         loss = diffusion_dpo_loss(mw, ml, rw, rl, beta).mean()
         return loss, {
@@ -102,194 +75,20 @@ def diffusion_dpo_loss_fn(beta: float = 2500.0, ref_model=None):
     return loss_fn
 
 
-def sft_chosen_loss_fn():
-    "Trainer loss_fn for the SFT-on-chosen baseline: the plain flow-matching loss on the chosen images."
-
-    def loss_fn(model, batch):
-        x_w, _ = encode_pair(model, batch["x_w"], batch["x_l"])
-        noise, sigma = _draw(x_w)
-        err = (
-            model.denoising_errors
-            if hasattr(model, "denoising_errors")
-            else lambda *a: flow_errors(model, *a)
-        )(x_w, noise, sigma, batch["cond"])
-        return err.mean(), {"raw_model_loss": err.mean().detach()}
-
-    return loss_fn
-
-# %% ../../nbs/42_diffusion_dpo.ipynb #bb861d8e
-PREF_LOSSES: dict = {}
-
-
-def load_image_model(cfg):
-    "The base model for cfg.model: 'toy-digits-flow' (or a saved UNet2DModel dir), or a Stable Diffusion pipeline id/dir."
-    if cfg.model == "toy-digits-flow":
-        return toy_digits_flow()
-    p = Path(str(cfg.model))
-    if (p / "config.json").exists():
-        return toy_digits_flow(p)
-    from alignbook.diffusion.sd import load_latent_diffusion
-
-    return load_latent_diffusion(
-        cfg.model, resolution=cfg.resolution, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else None
-    )
-
-
-_PAIR_CACHE: dict = {}
-
-
-def image_pref_data(cfg, base) -> list[dict]:
-    "Training rows for cfg.dataset: 'toy-digits-<taste>' = pairs of base's own samples labelled by the toy human; else Pick-a-Pic."
-    if str(cfg.dataset).startswith("toy-digits"):
-        key = (str(cfg.model), cfg.n_pairs, cfg.seed, cfg.taste, cfg.tie_margin)
-        if (
-            key not in _PAIR_CACHE or cfg.model != "toy-digits-flow"
-        ):  # the shipped base never changes: reuse its pairs
-            ds = make_toy_pairs(
-                base, n_pairs=cfg.n_pairs, seed=cfg.seed + 1, taste=cfg.taste, tie_margin=cfg.tie_margin
-            )
-            _PAIR_CACHE[key] = pickapic_rows(ds)
-        return _PAIR_CACHE[key]
-    from alignbook.diffusion.sd import LazyPickapicRows
-
-    return LazyPickapicRows(load_pickapic(cfg.dataset, split="train", n=cfg.n_pairs), size=cfg.resolution)
-
-
-@torch.no_grad()
-def preference_eval(model, base, cfg, n: int = 400, seed: int = 123) -> dict:
-    "Fresh samples (same noise for model and base): toy-human score, MMD to the base's samples, diversity, win rate vs base."
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, 1, 8, 8, generator=g)
-    c = torch.arange(n) % 10
-    with torch.no_grad():
-        xm = sample_ode(model, z, c, steps=cfg.sample_steps, method="midpoint").clamp(-1, 1)
-        xb = sample_ode(base, z, c, steps=cfg.sample_steps, method="midpoint").clamp(-1, 1)
-    score = TASTES[cfg.taste]
-    sm, sb = score(xm), score(xb)
-    div = torch.stack([torch.pdist(xm[c == k].flatten(1)).mean() for k in range(10)]).mean()
-    bdiv = torch.stack([torch.pdist(xb[c == k].flatten(1)).mean() for k in range(10)]).mean()
-    return {
-        "score": sm.mean().item(),
-        "base_score": sb.mean().item(),
-        "win_rate_vs_base": (sm > sb).float().mean().item(),
-        "mmd_to_base": mmd_rbf(xm, xb),
-        "diversity": div.item(),
-        "base_diversity": bdiv.item(),
-        "samples": xm,
-    }
-
-
-def train_image_prefs(cfg, return_model: bool = False) -> dict:
-    "Train cfg.objective (a key of PREF_LOSSES) on image preferences through alignbook.train.Trainer."
-    from alignbook.train import Trainer
-
-    if cfg.objective not in PREF_LOSSES:
-        raise ValueError(
-            f"train_image_prefs: no loss registered for {cfg.objective!r}; known: {sorted(PREF_LOSSES)}"
-        )
-    torch.manual_seed(cfg.seed)
-    base = load_image_model(cfg)
-    rows = image_pref_data(cfg, base)
-    ref_model = None
-    if cfg.lora:
-        policy = add_lora(
-            copy.deepcopy(base) if not hasattr(base, "unet") else base,
-            r=cfg.lora_r,
-            alpha=cfg.lora_alpha,
-            **({"targets": tuple(cfg.lora_targets)} if isinstance(cfg.lora_targets, (list, tuple)) else {}),
-        )
-    else:
-        policy, ref_model = (
-            copy.deepcopy(base).train().requires_grad_(True),
-            base.eval().requires_grad_(False),
-        )
-    unet = getattr(policy, "unet", policy)
-    if cfg.gradient_checkpointing and hasattr(unet, "enable_gradient_checkpointing"):
-        unet.enable_gradient_checkpointing()
-    tr = Trainer(
-        policy.train(),
-        cfg,
-        loss_fn=PREF_LOSSES[cfg.objective](cfg, ref_model),
-        train_data=rows,
-        collate_fn=collate_image_prefs,
-        out_dir=cfg.out_dir,
-    )
-    last = tr.fit()
-    model = tr.unwrapped.eval()
-    out = {**last, "n_pairs": len(rows)}
-    if not hasattr(model, "unet"):  # toy: measure against the base
-        ev = preference_eval(model, base, cfg, n=cfg.eval_size)
-        out.update({k: v for k, v in ev.items() if k != "samples"})
-        if return_model:
-            out["samples"] = ev["samples"]
-    if cfg.out_dir:
-        tr.save_checkpoint()  # LoRA / trainable weights as safetensors + optimiser state
-    if return_model:
-        out["model"] = model
-    return out
-
-
-PREF_LOSSES["diffusion-dpo"] = lambda cfg, ref_model=None: diffusion_dpo_loss_fn(cfg.beta, ref_model)
-PREF_LOSSES["diffusion-sft"] = lambda cfg, ref_model=None: sft_chosen_loss_fn()
+PREF_LOSSES["diffusion-dpo"] = lambda cfg, reference=None: diffusion_dpo_loss_fn(cfg.beta, reference)
 
 # %% ../../nbs/42_diffusion_dpo.ipynb #084865db
-IMAGE_PREF_TOY = dict(
-    model="toy-digits-flow",
-    dataset="toy-digits-ink",
-    taste="ink",
-    n_pairs=768,
-    tie_margin=0.01,
-    resolution=8,
-    lora=True,
-    lora_r=8,
-    lora_alpha=16,
-    lora_targets="unet-default",
-    lr=1e-3,
-    batch_size=32,
-    max_steps=100,
-    log_every=10,
-    eval_size=300,
-    sample_steps=10,
-    max_grad_norm=1.0,
-)
-IMAGE_PREF_GPU = dict(
-    model="stable-diffusion-v1-5/stable-diffusion-v1-5",
-    dataset="yuvalkirstain/pickapic_v2",
-    n_pairs=20000,
-    resolution=512,
-    lora=True,
-    lora_r=64,
-    lora_alpha=64,
-    lora_targets=["to_q", "to_k", "to_v", "to_out.0"],
-    lr=1e-4,
-    batch_size=4,
-    grad_accum=32,
-    max_steps=2000,
-    warmup_steps=100,
-    mixed_precision="bf16",
-    gradient_checkpointing=True,
-    eval_size=64,
-    sample_steps=50,
-)
-
 register_objective(
     "diffusion-dpo",
     train_image_prefs,
     toy=dict(IMAGE_PREF_TOY, beta=2500.0),
-    gpu=dict(IMAGE_PREF_GPU, beta=2500.0),
+    gpu=dict(IMAGE_PREF_GPU, beta=2500.0),  # the diffusers SD 1.5 script's β
     help="Diffusion-DPO (Wallace et al. 2023): DPO with log-likelihood ≈ −denoising error; reference = LoRA off",
-)
-register_objective(
-    "diffusion-sft",
-    train_image_prefs,
-    toy=dict(IMAGE_PREF_TOY),
-    gpu=dict(IMAGE_PREF_GPU),
-    help="SFT-on-chosen baseline: plain denoising loss on the preferred images",
 )
 
 # %% ../../nbs/42_diffusion_dpo.ipynb #e7e57c45
-def check_diffusion_dpo(fn) -> str:
-    "Check a student's per-example Diffusion-DPO loss against `diffusion_dpo_loss`."
+def check_diffusion_dpo(fn) -> None:
+    "Check a student's per-example Diffusion-DPO loss against `diffusion_dpo_loss`; AssertionError with a hint if wrong."
     g = torch.Generator().manual_seed(7)
     e = [torch.rand(6, generator=g) * 0.5 for _ in range(4)]
     got, want = fn(*e, 2500.0), diffusion_dpo_loss(*e, 2500.0)
@@ -299,4 +98,3 @@ def check_diffusion_dpo(fn) -> str:
     assert torch.allclose(got, want, atol=1e-5), (
         "values differ: logits = β·(ref_diff − model_diff), diff = err_w − err_l"
     )
-    return "correct"

@@ -4,18 +4,16 @@
 
 # %% ../../nbs/44_diffusion_kto.ipynb #0ec52c35
 from __future__ import annotations
-import math
-import torch, torch.nn.functional as F
+import torch
 from ..config import register_objective
-from .flow import flow_errors
-from .prefs import adapters_disabled, encode_pair
-from alignbook.diffusion.dpo import (
+from .prefs import encode_pair, denoising_errors, reference_denoising_errors, image_reference
+from alignbook.diffusion.preftrain import (
     PREF_LOSSES,
     IMAGE_PREF_TOY,
     IMAGE_PREF_GPU,
     train_image_prefs,
-    _draw,
-    _check_errs,
+    validate_errors,
+    draw_noise,
 )
 
 # %% auto #0
@@ -37,7 +35,7 @@ def diffusion_kto_loss(
     ref_point: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     "Per-example Diffusion-KTO loss λ_y·(1 − σ(±β·(g − z))) (B,), g = ref_err − model_err, z clamped ≥ 0 and detached."
-    _check_errs(model_err=model_err, ref_err=ref_err)
+    validate_errors(model_err=model_err, ref_err=ref_err)
     desirable = torch.as_tensor(desirable, device=model_err.device)
     if desirable.shape != model_err.shape:
         raise ValueError(
@@ -61,27 +59,19 @@ def diffusion_kto_loss(
 
 # %% ../../nbs/44_diffusion_kto.ipynb #0ea2f42b
 def diffusion_kto_loss_fn(beta: float = 1000.0, lambda_d: float = 1.0, lambda_u: float = 1.0, ref_model=None):
-    "Trainer loss_fn(model, batch) → (mean Diffusion-KTO loss, metrics); chosen → desirable, rejected → undesirable."
+    "Trainer loss_fn → (mean Diffusion-KTO loss, metrics); chosen → desirable, rejected → undesirable."
+    reference = image_reference(ref_model)
 
     def loss_fn(model, batch):
         x_w, x_l = encode_pair(model, batch["x_w"], batch["x_l"])
-        x = torch.cat([x_w, x_l])
-        B = len(x_w)
+        x, B = torch.cat([x_w, x_l]), len(x_w)
         cond = batch["cond"]
         c2 = torch.cat([cond, cond]) if torch.is_tensor(cond) else list(cond) + list(cond)
-        lab = torch.cat([torch.ones(B), torch.zeros(B)]).to(x.device)
-        noise, sigma = _draw(x)  # unpaired: independent noise per image
-        errs = lambda m: (
-            m.denoising_errors if hasattr(m, "denoising_errors") else lambda *a: flow_errors(m, *a)
-        )(x, noise, sigma, c2)
-        me = errs(model)
-        with torch.no_grad():
-            if ref_model is not None:
-                re = errs(ref_model)
-            else:
-                with adapters_disabled(model):
-                    re = errs(model)
-        per = diffusion_kto_loss(me, re, lab, beta, lambda_d, lambda_u)
+        desirable = torch.cat([torch.ones(B), torch.zeros(B)]).to(x.device)
+        noise, sigma = draw_noise(x)  # unpaired: independent noise per image
+        me = denoising_errors(model, x, noise, sigma, c2)
+        re = reference_denoising_errors(model, x, noise, sigma, c2, ref_model=reference)
+        per = diffusion_kto_loss(me, re, desirable, beta, lambda_d, lambda_u)
         g = (re - me).detach()
         return per.mean(), {
             "raw_model_loss": me.mean().detach(),
@@ -94,20 +84,20 @@ def diffusion_kto_loss_fn(beta: float = 1000.0, lambda_d: float = 1.0, lambda_u:
     return loss_fn
 
 
-PREF_LOSSES["diffusion-kto"] = lambda cfg, ref_model=None: diffusion_kto_loss_fn(
-    cfg.beta, cfg.lambda_d, cfg.lambda_u, ref_model
+PREF_LOSSES["diffusion-kto"] = lambda cfg, reference=None: diffusion_kto_loss_fn(
+    cfg.beta, cfg.lambda_d, cfg.lambda_u, reference
 )
 register_objective(
     "diffusion-kto",
     train_image_prefs,
     toy=dict(IMAGE_PREF_TOY, beta=1000.0, lambda_d=1.0, lambda_u=1.0),
-    gpu=dict(IMAGE_PREF_GPU, beta=1000.0, lambda_d=1.0, lambda_u=1.0),
+    gpu=dict(IMAGE_PREF_GPU, beta=1000.0, lambda_d=1.0, lambda_u=1.0),  # the paper's β and λs
     help="Diffusion-KTO (Li et al. 2024): per-image utility with a clamped, detached reference point",
 )
 
 # %% ../../nbs/44_diffusion_kto.ipynb #366b7a91
-def check_diffusion_kto(fn) -> str:
-    "Check a student's fn(model_err, ref_err, desirable, beta) against `diffusion_kto_loss`, gradient included."
+def check_diffusion_kto(fn) -> None:
+    "Check a student's fn(model_err, ref_err, desirable, beta) against `diffusion_kto_loss` (with gradients); AssertionError if wrong."
     g = torch.Generator().manual_seed(3)
     me, re = torch.rand(6, generator=g), torch.rand(6, generator=g) + 0.3  # policy better on average: z > 0
     lab = torch.tensor([1, 1, 0, 1, 0, 0])
@@ -118,4 +108,3 @@ def check_diffusion_kto(fn) -> str:
     got.sum().backward()
     want.sum().backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-5), "gradients differ: is the reference point detached?"
-    return "correct"

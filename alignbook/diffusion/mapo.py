@@ -4,17 +4,16 @@
 
 # %% ../../nbs/43_mapo.ipynb #03127a82
 from __future__ import annotations
-import math
 import torch, torch.nn.functional as F
 from ..config import register_objective
 from .prefs import pair_errors, encode_pair
-from alignbook.diffusion.dpo import (
+from alignbook.diffusion.preftrain import (
     PREF_LOSSES,
     IMAGE_PREF_TOY,
     IMAGE_PREF_GPU,
     train_image_prefs,
-    _draw,
-    _check_errs,
+    validate_errors,
+    draw_noise,
 )
 
 # %% auto #0
@@ -40,7 +39,7 @@ def mapo_loss(
     err_w: torch.Tensor, err_l: torch.Tensor, beta: float = 0.1, snr: float = 0.5, num_timesteps: int = 1000
 ) -> torch.Tensor:
     "Per-example MaPO loss err_w − β·logσ(T·(g(s·err_w) − g(s·err_l))) (B,); reference-free."
-    _check_errs(err_w=err_w, err_l=err_l)
+    validate_errors(err_w=err_w, err_l=err_l)
     if beta < 0:
         raise ValueError(f"beta must be >= 0 (paper: 0.1), got {beta}")
     if snr <= 0:
@@ -53,7 +52,7 @@ def mapo_loss_fn(beta: float = 0.1, snr: float = 0.5, num_timesteps: int = 1000)
 
     def loss_fn(model, batch):
         x_w, x_l = encode_pair(model, batch["x_w"], batch["x_l"])
-        noise, sigma = _draw(x_w)
+        noise, sigma = draw_noise(x_w)
         ew, el = pair_errors(model, x_w, x_l, batch["cond"], noise, sigma)
         per = mapo_loss(ew, el, beta, snr, num_timesteps)
         margin = mapo_margin(ew.detach(), el.detach(), snr)
@@ -68,7 +67,7 @@ def mapo_loss_fn(beta: float = 0.1, snr: float = 0.5, num_timesteps: int = 1000)
     return loss_fn
 
 
-PREF_LOSSES["mapo"] = lambda cfg, ref_model=None: mapo_loss_fn(cfg.beta, cfg.snr, cfg.num_timesteps)
+PREF_LOSSES["mapo"] = lambda cfg, reference=None: mapo_loss_fn(cfg.beta, cfg.snr, cfg.num_timesteps)
 register_objective(
     "mapo",
     train_image_prefs,
@@ -78,8 +77,8 @@ register_objective(
 )
 
 # %% ../../nbs/43_mapo.ipynb #e0b4d551
-def check_mapo_g(fn) -> str:
-    "Check a student's g(u) = u/(e^u − 1): values, g(0) = 1, finite gradient −½ at 0."
+def check_mapo_g(fn) -> None:
+    "Check a student's g(u) = u/(e^u − 1): values, g(0) = 1, finite gradient −½ at 0; AssertionError if wrong."
     u = torch.tensor([0.0, 1e-7, 0.3, 3.0, 90.0], requires_grad=True)
     got = fn(u)
     assert torch.allclose(got.detach(), mapo_g(u).detach(), atol=1e-5), "values differ (g(0) must be 1)"
@@ -88,4 +87,3 @@ def check_mapo_g(fn) -> str:
         "gradient is not finite: avoid dividing 0/0 even in the unused torch.where branch"
     )
     assert abs(u.grad[0].item() + 0.5) < 1e-3, f"g'(0) should be -1/2, got {u.grad[0].item()}"
-    return "correct"

@@ -4,30 +4,22 @@
 
 # %% ../../nbs/41_image_prefs.ipynb #8719fb8a
 from __future__ import annotations
-import io, re, math, contextlib
+import io, re, contextlib
 from pathlib import Path
 import numpy as np
-import torch, torch.nn.functional as F
+import torch
 from PIL import Image
 import datasets
 from ..data import DataFormatError
-from alignbook.diffusion.flow import (
-    flow_errors,
-    sample_ode,
-    toy_digits_flow,
-    to_unit,
-    show_grid,
-    sample_sigmas,
-    interpolate,
-    flow_target,
-    velocity,
-)
+from ..lm.reference import Reference, CopyReference, DisabledAdapterReference
+from .flow import flow_errors, sample_ode, toy_digits_flow, to_unit, show_grid, sample_sigmas
 
 # %% auto #0
 __all__ = ['TASTES', 'PICKAPIC_COLUMNS', 'stroke_ink', 'brightness_contrast', 'human_labels', 'digit_caption', 'caption_class',
            'image_to_png', 'png_to_image', 'make_toy_pairs', 'drop_tie_rows', 'validate_pickapic', 'pickapic_tensors',
-           'pickapic_rows', 'collate_image_prefs', 'load_pickapic', 'encode_pair', 'pair_errors', 'lora_layers',
-           'adapters_disabled', 'reference_errors', 'add_lora', 'check_taste']
+           'pickapic_rows', 'collate_image_prefs', 'load_pickapic', 'encode_pair', 'denoising_errors', 'pair_errors',
+           'lora_layers', 'add_unet_lora', 'image_reference', 'adapters_disabled', 'reference_denoising_errors',
+           'reference_errors', 'check_taste']
 
 # %% ../../nbs/41_image_prefs.ipynb #1aa84745
 def stroke_ink(images: torch.Tensor) -> torch.Tensor:
@@ -269,6 +261,13 @@ def encode_pair(model, x_w: torch.Tensor, x_l: torch.Tensor) -> tuple[torch.Tens
     return z[: len(x_w)], z[len(x_w) :]
 
 
+def denoising_errors(model, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+    "Per-example denoising errors (B,): the model's own `denoising_errors` (latent models) or `flow_errors`."
+    if hasattr(model, "denoising_errors"):
+        return model.denoising_errors(x0, noise, sigma, cond)
+    return flow_errors(model, x0, noise, sigma, cond)
+
+
 def pair_errors(
     model,
     x_w: torch.Tensor,
@@ -293,9 +292,7 @@ def pair_errors(
         if cond is None
         else (torch.cat([cond, cond]) if torch.is_tensor(cond) else list(cond) + list(cond))
     )
-    errs = (
-        model.denoising_errors if hasattr(model, "denoising_errors") else lambda *a: flow_errors(model, *a)
-    )(torch.cat([x_w, x_l]), torch.cat([noise, noise]), torch.cat([sigma, sigma]), c2)
+    errs = denoising_errors(model, torch.cat([x_w, x_l]), torch.cat([noise, noise]), torch.cat([sigma, sigma]), c2)
     return errs[:B], errs[B:]
 
 
@@ -305,36 +302,8 @@ def lora_layers(model) -> list:
 
     return [m for m in getattr(model, "unet", model).modules() if isinstance(m, BaseTunerLayer)]
 
-
-@contextlib.contextmanager
-def adapters_disabled(model):
-    "Inside the block the model is its base: every peft LoRA layer is switched off (and back on afterwards)."
-    layers = lora_layers(model)
-    if not layers:
-        raise ValueError(
-            "adapters_disabled: the model has no LoRA adapters; add them (add_lora) or pass ref_model= a frozen copy"
-        )
-    for m in layers:
-        m.enable_adapters(False)
-    try:
-        yield model
-    finally:
-        for m in layers:
-            m.enable_adapters(True)
-
-
-def reference_errors(
-    model, x_w, x_l, cond=None, noise=None, sigma=None, ref_model=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    "Reference errors under no_grad: a separate ref_model if given, else `model` with adapters disabled."
-    with torch.no_grad():
-        if ref_model is not None:
-            return pair_errors(ref_model, x_w, x_l, cond, noise, sigma)
-        with adapters_disabled(model):
-            return pair_errors(model, x_w, x_l, cond, noise, sigma)
-
 # %% ../../nbs/41_image_prefs.ipynb #70db6fd0
-def add_lora(
+def add_unet_lora(
     unet,
     r: int = 8,
     alpha: int = 16,
@@ -358,13 +327,44 @@ def add_lora(
         p.requires_grad_("lora_" in n)
     return model
 
+# %% ../../nbs/41_image_prefs.ipynb #e8b2f4a6
+def image_reference(ref_model=None) -> Reference:
+    "The reference for image objectives: the policy with LoRA off (None), a frozen copy of a model, or a `Reference`."
+    if ref_model is None:
+        return DisabledAdapterReference()
+    if isinstance(ref_model, Reference):
+        return ref_model
+    return CopyReference(ref_model)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    "Inside the block the model is its base, every LoRA adapter off: `DisabledAdapterReference().active(model)`."
+    with DisabledAdapterReference().active(model) as m:
+        yield m
+
+
+def reference_denoising_errors(model, x0, noise, sigma, cond=None, ref_model=None) -> torch.Tensor:
+    "Per-example errors (B,) of the reference `image_reference(ref_model)` for policy `model`; no gradients."
+    ref = image_reference(ref_model)
+    with torch.no_grad(), ref.active(model) as m:
+        return denoising_errors(m, x0, noise, sigma, cond)
+
+
+def reference_errors(
+    model, x_w, x_l, cond=None, noise=None, sigma=None, ref_model=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    "`pair_errors` of the reference `image_reference(ref_model)` for policy `model`, without gradients."
+    ref = image_reference(ref_model)
+    with torch.no_grad(), ref.active(model) as m:
+        return pair_errors(m, x_w, x_l, cond, noise, sigma)
+
 # %% ../../nbs/41_image_prefs.ipynb #81bb40c7
-def check_taste(fn) -> str:
-    "Check a taste function: images (B,1,8,8) in [-1,1] → finite scores (B,)."
+def check_taste(fn) -> None:
+    "Check a taste function: images (B,1,8,8) in [-1,1] → finite scores (B,); raises AssertionError with a hint if not."
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     s = fn(x)
     assert torch.is_tensor(s) and s.shape == (5,), (
         f"expected a tensor of shape (5,), got {getattr(s, 'shape', type(s))}"
     )
     assert torch.isfinite(s).all(), "scores must be finite"
-    return "correct"
