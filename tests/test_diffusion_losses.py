@@ -195,10 +195,10 @@ def test_kto_bad_input():
         diffusion_kto_loss(me, re, torch.full((8,), 0.5))
     with pytest.raises(ValueError, match="beta must be > 0"):
         diffusion_kto_loss(me, re, torch.ones(8), beta=0)
-    assert check_diffusion_kto(lambda m, r, l, b: diffusion_kto_loss(m, r, l, b)) is None
+    assert check_diffusion_kto(lambda m, r, d, b: diffusion_kto_loss(m, r, d, b)) is None
     with pytest.raises(AssertionError, match="detached"):
         check_diffusion_kto(
-            lambda m, r, l, b: (
-                1 - torch.sigmoid((2 * l.float() - 1) * b * ((r - m) - (r - m).mean().clamp(min=0)))
+            lambda m, r, d, b: (
+                1 - torch.sigmoid((2 * d.float() - 1) * b * ((r - m) - (r - m).mean().clamp(min=0)))
             )
         )

@@ -21,11 +21,9 @@ from alignbook.diffusion.prefs import (
     add_unet_lora,
     caption_class,
     digit_caption,
-    make_toy_pairs,
     check_taste,
 )
 from alignbook.diffusion.dpo import (
-    diffusion_dpo_loss,
     diffusion_dpo_loss_fn,
     sft_chosen_loss_fn,
     train_image_prefs,
@@ -45,7 +43,7 @@ def toy_ds(n=6, ties=(2,)):
             "jpg_0": [image_to_png(x[i]) for i in range(n)],
             "jpg_1": [image_to_png(x[i + 10]) for i in range(n)],
             "label_0": lab,
-            "label_1": [1 - l for l in lab],
+            "label_1": [1 - v for v in lab],
             "caption": [digit_caption(i % 10) for i in range(n)],
         }
     )
@@ -274,8 +272,8 @@ def test_ref_model_is_honoured_by_dpo_and_kto(tmp_path):
         assert isinstance(default, DisabledAdapterReference)
         other = make_image_reference(cfg.replace(ref_model=str(other_dir)), base)
         assert isinstance(other, CopyReference) and not any(p.requires_grad for p in other.model.parameters())
-        d_w, _ = reference_errors(policy, batch["x_w"], batch["x_l"], batch["cond"], nz, sg, ref_model=default)
-        o_w, _ = reference_errors(policy, batch["x_w"], batch["x_l"], batch["cond"], nz, sg, ref_model=other)
+        d_w, _ = reference_errors(policy, *batch.values(), nz, sg, ref_model=default)
+        o_w, _ = reference_errors(policy, *batch.values(), nz, sg, ref_model=other)
         want, _ = pair_errors(digits_unet(seed=1), batch["x_w"], batch["x_l"], batch["cond"], nz, sg)
         assert not torch.allclose(d_w, o_w)
         torch.testing.assert_close(o_w, want.detach())

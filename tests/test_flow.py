@@ -1,6 +1,6 @@
 "Flow-matching core: conventions, losses, ODE/SDE samplers, model dispatch, the shipped digits flow."
 
-import math, json
+import math
 import pytest, torch
 from diffusers import UNet2DModel, UNet2DConditionModel
 from alignbook.diffusion.flow import (

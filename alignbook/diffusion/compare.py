@@ -18,7 +18,7 @@ __all__ = ['compare_objectives', 'check_comparison']
 def compare_objectives(
     objectives=("diffusion-sft", "diffusion-dpo", "mapo", "diffusion-kto"), preset: str = "toy", **overrides
 ) -> dict:
-    "Train each objective with equal budgets through train_image_prefs; returns {objective: metrics (+ 'samples')}."
+    "Train each objective with equal budgets (train_image_prefs); returns {objective: metrics + samples}."
     out = {}
     for o in objectives:
         cfg = get_config(o, preset, **overrides)
@@ -31,7 +31,7 @@ def compare_objectives(
 
 # %% ../../nbs/49_compare_diffusion.ipynb #b8be1248
 def check_comparison(res: dict) -> None:
-    "Check a comparison table: every objective has finite score, win_rate_vs_base in [0,1], mmd_to_base ≥ 0; AssertionError if not."
+    "Check a results table (score, win rate in [0, 1], MMD² ≥ 0, diversity); AssertionError if not."
     for o, r in res.items():
         for k in ("score", "win_rate_vs_base", "mmd_to_base", "diversity"):
             assert k in r, f"{o}: missing {k!r}"
