@@ -357,7 +357,7 @@ def flow_loss_fn(model, batch: dict):
 
 # %% ../../nbs/40_flow.ipynb #ff8b4d56
 DIGITS_FLOW_RECIPE = dict(
-    steps=4000,  # about 15 minutes on one CPU thread
+    steps=4000,  # 15-60 minutes on one CPU thread, depending on the machine (BUILD.json records it)
     batch_size=128,
     lr=2e-3,  # high for a transformer, fine for a 0.7M-parameter UNet with warmup and clipping
     warmup_steps=200,
