@@ -85,8 +85,14 @@ PREF_LOSSES["diffusion-dpo"] = lambda cfg, reference=None: diffusion_dpo_loss_fn
 register_objective(
     "diffusion-dpo",
     train_image_prefs,
-    toy=dict(IMAGE_PREF_TOY, beta=2500.0),
-    gpu=dict(IMAGE_PREF_GPU, beta=2500.0),  # the diffusers SD 1.5 script's β
+    toy=dict(
+        IMAGE_PREF_TOY,
+        beta=2500.0,  # the diffusers SD 1.5 script's β (= β'/2 of the paper's SDXL form)
+    ),
+    gpu=dict(
+        IMAGE_PREF_GPU,
+        beta=2500.0,
+    ),
     help="Diffusion-DPO (Wallace et al. 2023): DPO with log-likelihood ≈ −denoising error",
 )
 

@@ -497,20 +497,20 @@ register_objective(
     train_flow,
     toy=dict(
         model="toy-digits-flow",
-        init="pretrained",
+        init="pretrained",  # fine-tune the shipped flow: a short toy run
         resolution=8,
         dataset="sklearn-digits",
         batch_size=128,
-        lr=2e-4,
+        lr=2e-4,  # a tenth of the pretraining rate: fine-tuning
         max_steps=60,
         log_every=10,
-        eval_size=300,
-        sample_steps=10,
-        toy_2d_steps=1500,
+        eval_size=300,  # samples for the MMD to the data
+        sample_steps=10,  # midpoint steps when sampling
+        toy_2d_steps=1500,  # training steps of the 2-D demos
     ),
     gpu=dict(
         model="toy-digits-flow",
-        init="scratch",
+        init="scratch",  # the shipped flow is 8×8: train a 32×32 one from scratch
         resolution=32,
         dataset="sklearn-digits",
         batch_size=256,

@@ -96,8 +96,18 @@ PREF_LOSSES["diffusion-kto"] = lambda cfg, reference=None: diffusion_kto_loss_fn
 register_objective(
     "diffusion-kto",
     train_image_prefs,
-    toy=dict(IMAGE_PREF_TOY, beta=1000.0, lambda_d=1.0, lambda_u=1.0),
-    gpu=dict(IMAGE_PREF_GPU, beta=1000.0, lambda_d=1.0, lambda_u=1.0),  # the paper's β and λs
+    toy=dict(
+        IMAGE_PREF_TOY,
+        beta=1000.0,  # the paper's; large because per-pixel mean errors are tiny
+        lambda_d=1.0,  # weight of desirable images
+        lambda_u=1.0,  # weight of undesirable images
+    ),
+    gpu=dict(
+        IMAGE_PREF_GPU,
+        beta=1000.0,
+        lambda_d=1.0,
+        lambda_u=1.0,
+    ),
     help="Diffusion-KTO (Li et al. 2024): per-image utility with a clamped, detached reference point",
 )
 

@@ -71,8 +71,18 @@ PREF_LOSSES["mapo"] = lambda cfg, reference=None: mapo_loss_fn(cfg.beta, cfg.snr
 register_objective(
     "mapo",
     train_image_prefs,
-    toy=dict(IMAGE_PREF_TOY, beta=0.1, snr=0.5, num_timesteps=1000),
-    gpu=dict(IMAGE_PREF_GPU, beta=0.1, snr=0.5, num_timesteps=1000),
+    toy=dict(
+        IMAGE_PREF_TOY,
+        beta=0.1,  # weight of the margin term (the paper's)
+        snr=0.5,  # s in g(s·err): the paper's value for SDXL
+        num_timesteps=1000,  # T scales the margin inside the log-sigmoid
+    ),
+    gpu=dict(
+        IMAGE_PREF_GPU,
+        beta=0.1,
+        snr=0.5,
+        num_timesteps=1000,
+    ),
     help="MaPO (Hong et al. 2024): reference-free margin-aware preference optimisation",
 )
 
