@@ -46,7 +46,7 @@ class Reference:
 
     @contextlib.contextmanager
     def active(self, policy):
-        "Inside the block: the reference model for `policy` (for adapter references, the policy switched over)."
+        "Inside the block: the reference model for `policy` (adapter references switch the policy over)."
         with self._active(policy) as m:
             yield m
 
