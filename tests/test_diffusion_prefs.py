@@ -18,14 +18,12 @@ from alignbook.diffusion.prefs import (
     pair_errors,
     reference_errors,
     adapters_disabled,
-    add_lora,
+    add_unet_lora,
     caption_class,
     digit_caption,
-    make_toy_pairs,
     check_taste,
 )
 from alignbook.diffusion.dpo import (
-    diffusion_dpo_loss,
     diffusion_dpo_loss_fn,
     sft_chosen_loss_fn,
     train_image_prefs,
@@ -45,7 +43,7 @@ def toy_ds(n=6, ties=(2,)):
             "jpg_0": [image_to_png(x[i]) for i in range(n)],
             "jpg_1": [image_to_png(x[i + 10]) for i in range(n)],
             "label_0": lab,
-            "label_1": [1 - l for l in lab],
+            "label_1": [1 - v for v in lab],
             "caption": [digit_caption(i % 10) for i in range(n)],
         }
     )
@@ -59,7 +57,7 @@ def test_human_labels_and_ties():
     assert human_labels(b, a).tolist() == [0.0, 1.0, 0.5]
     with pytest.raises(ValueError, match="unknown taste"):
         human_labels(a, b, taste="slant")
-    assert check_taste(stroke_ink) == "correct"
+    assert check_taste(stroke_ink) is None
 
 
 def test_png_roundtrip_and_captions():
@@ -135,7 +133,7 @@ def test_pair_errors_share_noise_and_sigma():
 
 def test_fresh_lora_is_reference_and_dpo_is_ln2():
     torch.manual_seed(0)
-    m = add_lora(digits_unet(), r=4, alpha=8)
+    m = add_unet_lora(digits_unet(), r=4, alpha=8)
     assert all(("lora_" in n) == p.requires_grad for n, p in m.named_parameters())
     x, y = load_digits_images()
     batch = {"x_w": x[:8], "x_l": x[8:16], "cond": y[:8]}
@@ -145,14 +143,14 @@ def test_fresh_lora_is_reference_and_dpo_is_ln2():
     assert any(
         p.grad is not None and p.grad.abs().sum() > 0 for n, p in m.named_parameters() if "lora_B" in n
     )
-    with pytest.raises(ValueError, match="no LoRA adapters"):
+    with pytest.raises(ValueError, match=r"needs a peft \(LoRA\) policy"):
         with adapters_disabled(digits_unet()):
             pass
 
 
 def test_adapters_disabled_gives_base_after_training_step():
     base = digits_unet()
-    m = add_lora(digits_unet(), r=4)
+    m = add_unet_lora(digits_unet(), r=4)
     for n, p in m.named_parameters():
         if "lora_B" in n:
             p.data.normal_()
@@ -169,7 +167,7 @@ def test_adapters_disabled_gives_base_after_training_step():
 
 def test_every_loss_fn_runs_and_kto_is_half_at_init():
     torch.manual_seed(0)
-    m = add_lora(digits_unet(), r=4)
+    m = add_unet_lora(digits_unet(), r=4)
     x, y = load_digits_images()
     batch = {"x_w": x[:6], "x_l": x[6:12], "cond": y[:6]}
     for fn in (mapo_loss_fn(), sft_chosen_loss_fn(), diffusion_kto_loss_fn()):
@@ -253,3 +251,36 @@ def test_tiny_stable_diffusion_gpu_path(tmp_path):
     )
     out = train_image_prefs(cfg)
     assert abs(out["loss"] - math.log(2)) < 1e-5  # fresh LoRA on the SD path: ln 2
+
+
+def test_ref_model_is_honoured_by_dpo_and_kto(tmp_path):
+    "ref_model=PATH gives a frozen copy of that model as the reference; its errors differ from LoRA-off ones."
+    from alignbook.diffusion.preftrain import make_image_reference, PREF_LOSSES
+    from alignbook.lm.reference import CopyReference, DisabledAdapterReference
+
+    base_dir, other_dir = tmp_path / "base", tmp_path / "other"
+    digits_unet(seed=0).save_pretrained(base_dir)
+    digits_unet(seed=1).save_pretrained(other_dir)
+    x, y = load_digits_images()
+    batch = {"x_w": x[:4], "x_l": x[4:8], "cond": y[:4]}
+    nz, sg = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.rand(4)
+    for obj in ("diffusion-dpo", "diffusion-kto"):
+        cfg = get_config(obj, "toy", model=str(base_dir))
+        base = digits_unet(seed=0)
+        policy = add_unet_lora(digits_unet(seed=0), r=4)
+        default = make_image_reference(cfg, base)
+        assert isinstance(default, DisabledAdapterReference)
+        other = make_image_reference(cfg.replace(ref_model=str(other_dir)), base)
+        assert isinstance(other, CopyReference) and not any(p.requires_grad for p in other.model.parameters())
+        d_w, _ = reference_errors(policy, *batch.values(), nz, sg, ref_model=default)
+        o_w, _ = reference_errors(policy, *batch.values(), nz, sg, ref_model=other)
+        want, _ = pair_errors(digits_unet(seed=1), batch["x_w"], batch["x_l"], batch["cond"], nz, sg)
+        assert not torch.allclose(d_w, o_w)
+        torch.testing.assert_close(o_w, want.detach())
+        torch.manual_seed(0)
+        _, m_default = PREF_LOSSES[obj](cfg, default)(policy, batch)
+        torch.manual_seed(0)
+        _, m_other = PREF_LOSSES[obj](cfg, other)(policy, batch)
+        assert abs(m_default["ref_loss"].item() - m_other["ref_loss"].item()) > 1e-4
+    with pytest.raises(ValueError, match="second_adapter"):
+        make_image_reference(get_config("diffusion-dpo", "toy", reference="second_adapter"), digits_unet())
