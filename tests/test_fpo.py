@@ -214,3 +214,43 @@ def test_train_fpo_end_to_end(tmp_path):
     assert {"eval/pref_acc", "eval/entropy", "eval/feature_drift", "feature_dev/rejected"} <= set(out)
     assert out["eval/feature_drift"] > 0
     assert list((tmp_path / "run" / "ref_cache").glob("fpo-ref-*.safetensors"))
+
+
+def test_presets_and_cli(tmp_path, capsys):
+    from alignbook.cli import main
+    from alignbook.lm.sae import SparseAutoencoder
+
+    gpu = get_config("fpo", "gpu")
+    assert (gpu.model, gpu.layer, gpu.sae_release, gpu.sae_id) == (
+        "google/gemma-2-2b",
+        25,
+        "gemma-scope-2b-pt-res-canonical",
+        "layer_25/width_16k/canonical",
+    )
+    assert (gpu.beta, gpu.alpha, gpu.k, gpu.batch_size * gpu.grad_accum) == (0.1, 0.5, 50, 32)
+    assert "ultrafeedback" in gpu.dataset
+    toy = get_config("fpo", "toy")
+    assert (toy.reference, toy.select, toy.feature_store) == ("precomputed", "policy", "full")
+    sae = SparseAutoencoder(128, 64, "topk", k=8)  # the toy base has d = 128
+    with torch.no_grad():
+        sae.W_enc.normal_(generator=torch.Generator().manual_seed(0))
+    save_sae(sae, tmp_path / "sae")
+    rc = main(
+        [
+            "train",
+            "fpo",
+            "--out",
+            str(tmp_path / "run"),
+            f"sae_path={tmp_path / 'sae'}",
+            "max_steps=2",
+            "n_train=8",
+            "n_eval=4",
+            "n_gen=0",
+            "batch_size=4",
+            "k=8",
+            "device=cpu",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert '"eval/feature_drift"' in out and '"loss"' in out

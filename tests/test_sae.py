@@ -212,3 +212,15 @@ def test_load_saelens_needs_a_source():
     pytest.importorskip("sae_lens")
     with pytest.raises(ValueError, match="path"):
         load_saelens_sae()
+
+
+def test_cli_train_sae(tmp_path, capsys):
+    from alignbook.cli import main
+
+    rc = main(
+        ["train", "sae", "--out", str(tmp_path), "max_steps=5", "n_pairs=4", "d_sae=64", "k=4", "device=cpu"]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert '"eval/fve"' in out and '"sae_path"' in out and "SparseAutoencoder" not in out
+    assert load_sae(tmp_path / "sae").d_in == 128  # the toy base's residual width
