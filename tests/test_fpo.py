@@ -254,3 +254,25 @@ def test_presets_and_cli(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert '"eval/feature_drift"' in out and '"loss"' in out
+
+
+def test_bench_arms_run():
+    from alignbook.lm.fpo_bench import run_arm
+
+    spec = dict(
+        steps=1,
+        warmup=1,
+        batch=2,
+        max_length=128,
+        threads=1,
+        n=8,
+        vocab=0,
+        d_sae=64,
+        k=8,
+        sae_k=16,
+        model_kw=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2),
+    )
+    fpo, simpo = run_arm("fpo", spec), run_arm("simpo", spec)
+    for r in (fpo, simpo):
+        assert r["time_per_step_s"] > 0 and r["peak_mem_mb"] >= 0 and "memory" in r
+    assert fpo["precompute_s"] > 0 and fpo["cache_bytes_per_pair"] > 2 * 64 * 4  # two pooled vectors of F floats
