@@ -13,6 +13,7 @@ from alignbook.lm.fpo import (
     cached_feature_deviation,
     check_feature_deviation,
     train_fpo,
+    with_cached_features,
 )
 from alignbook.lm.prefdata import gpoints_preferences
 from alignbook.lm.reference import make_reference, PrecomputedReference
@@ -137,7 +138,8 @@ def test_ln2_at_init_and_offline_equals_online(tmp_path, select, store):
         online, model, sae, 1, rows, collate, tmp_path, store=store, k=cfg.k
     )
     on_fn, off_fn = fpo_loss_fn(cfg, sae, online), fpo_loss_fn(cfg, sae, PrecomputedReference())
-    b_on, b_off = collate(rows), collate(cached)
+    b_on, b_off = collate(rows), with_cached_features(collate)(cached)
+    assert torch.is_tensor(cached[0]["ref_chosen_" + ("feats" if store == "full" else "feat_values")])
     l_on, l_off = on_fn(model, b_on)[0], off_fn(model, b_off)[0]
     assert abs(l_on.item() - math.log(2)) < 1e-6 and abs(l_off.item() - math.log(2)) < 1e-6
     loss, m = off_fn(model, b_off)
