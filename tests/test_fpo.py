@@ -279,3 +279,20 @@ def test_bench_arms_run():
         assert r["time_per_step_s"] > 0 and r["peak_mem_mb"] >= 0 and "memory" in r
     assert fpo["precompute_s"] > 0
     assert fpo["cache_bytes_per_pair"] > 2 * 64 * 4  # two pooled vectors of F floats per pair
+
+
+def test_pooled_features_equals_pool_of_encode():
+    from alignbook.lm.fpo import pooled_features
+
+    for act in ("topk", "relu", "jumprelu"):
+        sae = SparseAutoencoder(8, 32, act, k=4)
+        with torch.no_grad():
+            sae.W_enc.normal_(generator=torch.Generator().manual_seed(0))
+            if sae.threshold is not None:
+                sae.threshold.fill_(0.3)
+        h = torch.randn(4, 9, 8, generator=torch.Generator().manual_seed(1))
+        mask = (torch.rand(4, 9, generator=torch.Generator().manual_seed(2)) > 0.4).long()
+        mask[:, -1] = 1
+        torch.testing.assert_close(pooled_features(sae, h, mask), pool_completion(sae.encode(h), mask))
+    with pytest.raises(ValueError, match=r"rows \[0\]"):
+        pooled_features(sae, h[:1], torch.zeros(1, 9))
