@@ -22,6 +22,7 @@ requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 book_requirements = shlex.split(cfg.get('book_requirements', ''))  # make book: Sphinx site, browser test
 course_requirements = shlex.split(cfg.get('course_requirements', ''))  # instructors: nbgrader
+sae_requirements = shlex.split(cfg.get('sae_requirements', ''))
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 min_python = cfg['min_python']
 console_scripts = cfg.get('console_scripts', '').split()
@@ -39,8 +40,8 @@ setuptools.setup(
     include_package_data=True,
     package_data={'alignbook': ['assets/*', 'assets/**/*']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements + book_requirements + course_requirements,
-                    'book': book_requirements, 'course': course_requirements},
+    extras_require={'dev': dev_requirements + book_requirements + course_requirements + sae_requirements,
+                    'book': book_requirements, 'course': course_requirements, 'sae': sae_requirements},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
