@@ -14,7 +14,6 @@ from ..data import DataFormatError, load_rows
 from ..lm.reference import Reference, CopyReference, DisabledAdapterReference
 from .flow import flow_errors, sample_ode, to_unit, sample_sigmas
 
-
 # %% auto #0
 __all__ = ['TASTES', 'PICKAPIC_COLUMNS', 'stroke_ink', 'brightness_contrast', 'human_labels', 'digit_caption', 'caption_class',
            'image_to_png', 'png_to_image', 'make_toy_pairs', 'drop_tie_rows', 'validate_pickapic', 'pickapic_tensors',
@@ -364,14 +363,14 @@ def image_reference(ref_model=None) -> Reference:
 @contextlib.contextmanager
 def adapters_disabled(model):
     "Inside the block the model is its base, LoRA off: `DisabledAdapterReference().active(model)`."
-    with DisabledAdapterReference().active(model) as m:
+    with DisabledAdapterReference().active(model, keep_mode=True) as m:
         yield m
 
 
 def reference_denoising_errors(model, x0, noise, sigma, cond=None, ref_model=None) -> torch.Tensor:
     "Per-example errors (B,) of the reference `image_reference(ref_model)` for policy `model`; no gradients."
     ref = image_reference(ref_model)
-    with torch.no_grad(), ref.active(model) as m:
+    with ref.active(model, keep_mode=True) as m:  # the policy's mode: ln 2 exactly at init
         return denoising_errors(m, x0, noise, sigma, cond)
 
 
@@ -380,7 +379,7 @@ def reference_errors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     "`pair_errors` of the reference `image_reference(ref_model)` for policy `model`, without gradients."
     ref = image_reference(ref_model)
-    with torch.no_grad(), ref.active(model) as m:
+    with ref.active(model, keep_mode=True) as m:  # the policy's mode: ln 2 exactly at init
         return pair_errors(m, x_w, x_l, cond, noise, sigma)
 
 # %% ../../nbs/41_image_prefs.ipynb #81bb40c7

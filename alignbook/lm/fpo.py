@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from ..config import register_objective
-from .dpo import check_same_shape, check_positive, preference_metrics
+from .dpo import preference_metrics
+from ..checks import validate_same_shape, validate_positive
 from .logps import sequence_logps
 from .reference import Reference, PrecomputedReference, data_hash, eval_mode, make_reference
 from .sae import SparseAutoencoder, capture_residual, sae_hash
@@ -41,7 +42,7 @@ FEATURE_SELECTS = ("policy", "reference", "union")
 
 def feature_deviation(policy_acts, ref_acts, k=50, select="policy"):
     "D = (1/k)·Σ_{i∈I_k} (c̄_θ,i − c̄_ref,i)²: pooled SAE activations (B, F) → (B,); I_k per `select`."
-    check_same_shape(policy_acts=policy_acts, ref_acts=ref_acts)
+    validate_same_shape(policy_acts=policy_acts, ref_acts=ref_acts)
     if policy_acts.dim() != 2:
         raise ValueError(
             f"`policy_acts` must be pooled activations (B, F), got shape {tuple(policy_acts.shape)}"
@@ -71,7 +72,7 @@ def fpo_loss(
     alpha=0.5,
 ):
     "Per-example FPO loss (B,) and rewards β·m_w, β·m_l (B,) from average log-probs and deviations (B,)."
-    check_same_shape(
+    validate_same_shape(
         chosen_avg_logps=chosen_avg_logps,
         rejected_avg_logps=rejected_avg_logps,
         ref_chosen_avg_logps=ref_chosen_avg_logps,
@@ -79,7 +80,7 @@ def fpo_loss(
         chosen_feature_dev=chosen_feature_dev,
         rejected_feature_dev=rejected_feature_dev,
     )
-    check_positive("beta", beta)
+    validate_positive("beta", beta)
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(
             f"`alpha` (the feature constraint's weight) must be a finite number >= 0, got {alpha!r}"

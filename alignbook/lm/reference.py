@@ -42,10 +42,14 @@ class Reference:
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def active(self, policy):
-        "Inside the block: the frozen reference model (eval mode, no_grad); the policy is restored after."
-        with torch.no_grad(), self._swap(policy) as m, eval_mode(m):
-            yield m
+    def active(self, policy, keep_mode: bool = False):
+        "Inside the block: the frozen reference (no_grad, eval mode unless `keep_mode`); policy restored after."
+        with torch.no_grad(), self._swap(policy) as m:
+            if keep_mode:  # the policy's own train/eval mode: identical numerics to the policy at init
+                yield m
+                return
+            with eval_mode(m):
+                yield m
 
     def forward(self, policy, batch, return_logits=False, **logps_kw) -> LogProbs:
         "LogProbs of the batch's completions under the reference."
