@@ -27,7 +27,7 @@ __all__ = ['REWARD_MODELS', 'FAIL_TOY', 'FAIL_GPU', 'flow_policy_ratio', 'cfm_dr
            'ppo_clip_loss', 'fail_pg_loss', 'sde_logprobs', 'pathwise_clean_sample', 'grid_timesteps', 'fail_pd_loss',
            'frozen', 'sample_ode_last_k', 'expert_style', 'expert_data', 'distance_to_expert', 'policy_samples',
            'ImageDiscriminator', 'FlowFeatureDiscriminator', 'make_discriminator', 'FailPair', 'ink_reward',
-           'sft_cold_start', 'train_fail']
+           'sft_cold_start', 'train_fail', 'check_flow_policy_ratio', 'check_implied_clean_sample']
 
 # %% ../../nbs/46_fail.ipynb #678d4c23
 def flow_policy_ratio(cfm_old: torch.Tensor, cfm_new: torch.Tensor, clamp: float = 3.0) -> torch.Tensor:
@@ -567,18 +567,21 @@ def train_fail(cfg, until: int | None = None, progress: bool = True) -> dict:
     ref = copy.deepcopy(policy).requires_grad_(False).eval()
     pair = FailPair(policy.train(), make_discriminator(cfg.discriminator, base, cfg.seed))
     K = cfg.ppo_epochs if cfg.objective == "fail-pg" else 1
-    tr = Trainer(pair, cfg.replace(max_steps=cfg.max_steps * K), out_dir=cfg.out_dir)
+    tr = Trainer(
+        pair, cfg.replace(max_steps=cfg.max_steps * K, device="cpu"), out_dir=cfg.out_dir
+    )  # toy: CPU
     _two_learning_rates(tr, pair, cfg.disc_lr)
     tr.resume()
     update = _pg_update if cfg.objective == "fail-pg" else _pd_update
     stop = min(until or cfg.max_steps, cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=tr.step // K, desc=cfg.objective, disable=not progress)
     if tr.step == 0 and cfg.eval_every:
+        xs = policy_samples(policy, cfg.eval_size, cfg.sample_steps)[0]
         tr.log(
             {
-                "dist": distance_to_expert(
-                    policy_samples(policy, cfg.eval_size, cfg.sample_steps)[0], ex["heldout"], 2
-                )["mmd"]
+                "round": 0,
+                "dist": distance_to_expert(xs, ex["heldout"], 2)["mmd"],
+                "eval_ink": ink_reward(xs).mean(),
             }
         )
     while tr.step // K < stop:
@@ -586,7 +589,7 @@ def train_fail(cfg, until: int | None = None, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rnd)
         m = update(tr, pair, ref, cfg, ex, g, rnd)
-        m["time/step_s"] = time.perf_counter() - t0
+        m["round"], m["time/step_s"] = rnd + 1, time.perf_counter() - t0
         if cfg.eval_every and (rnd + 1) % cfg.eval_every == 0:
             xs = policy_samples(policy, cfg.eval_size, cfg.sample_steps)[0]
             m["dist"] = distance_to_expert(xs, ex["heldout"], 2)["mmd"]
@@ -677,3 +680,30 @@ register_objective(
     gpu=FAIL_GPU,
     help="FAIL-PG: adversarial imitation for flows, policy gradient with the FPO (or Flow-GRPO SDE) ratio",
 )
+
+# %% ../../nbs/46_fail.ipynb #03a3b536
+def check_flow_policy_ratio(fn) -> str:
+    "Check a student's fn(cfm_old, cfm_new, clamp) against `flow_policy_ratio`."
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.rand(50, generator=g) * 8, torch.rand(50, generator=g) * 8
+    for c in (3.0, 0.5):
+        got, want = fn(a, b, c), flow_policy_ratio(a, b, c)
+        assert got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {tuple(got.shape)}"
+        assert torch.allclose(got, want), f"clamp={c}: values differ; is it exp(clamp(old − new)), old first?"
+    return "correct"
+
+
+def check_implied_clean_sample(fn) -> str:
+    "Check a student's fn(x_next, noise, sigma_next) → x̂0 = (x_next − σ'ε)/(1 − σ')."
+    g = torch.Generator().manual_seed(8)
+    x0, eps, s = (
+        torch.randn(4, 6, generator=g),
+        torch.randn(4, 6, generator=g),
+        torch.rand(4, generator=g) * 0.9,
+    )
+    x_next = interpolate(x0, eps, s)
+    got = fn(x_next, eps, s)
+    assert torch.allclose(got, x0, atol=1e-5), (
+        "on the straight line from ε the implied clean sample is x0 itself"
+    )
+    return "correct"
