@@ -151,3 +151,33 @@ def test_gpu_preset_and_bad_config_are_clear(tmp_path):
         train_fail(get_config("fail-pd", "gpu", out_dir=str(tmp_path)), progress=False)
     with pytest.raises(ValueError, match="multiple of group_size"):
         train_fail(_cfg("fail-pg", tmp_path, batch_size=6, group_size=4), progress=False)
+
+
+def test_study_summary_and_table():
+    from alignbook.diffusion.fail_study import markdown_table, summarise
+
+    def run(seed, final, curve):
+        return {
+            "name": "PD",
+            "seed": seed,
+            "dist": {"mmd": final},
+            "ink": 0.4,
+            "fidelity": 0.9,
+            "seconds": 1.0,
+            "curve": [{"round": i, "dist": d} for i, d in enumerate(curve)],
+        }
+
+    rows = summarise({"runs": [run(0, 0.2, [0.4, 0.1, 0.2]), run(1, 0.3, [0.4, 0.3])]})
+    assert len(rows) == 1 and rows[0]["seeds"] == 2
+    assert abs(rows[0]["dist"] - 0.25) < 1e-6 and rows[0]["lo"] < 0.25 < rows[0]["hi"]
+    assert abs(rows[0]["rise"] - 0.05) < 1e-6  # (0.2 − 0.1 + 0.3 − 0.3) / 2
+    table = markdown_table(rows, [("run", "{name}"), ("d", "{dist:.2f}")])
+    assert table.splitlines()[2] == "| PD | 0.25 |"
+
+
+def test_cli_lists_the_objectives():
+    from alignbook.config import load_plugins
+
+    objs = load_plugins()
+    assert {"fail-pd", "fail-pg"} <= set(objs)
+    assert objs["fail-pd"].gpu["model"] == "black-forest-labs/FLUX.1-dev"
