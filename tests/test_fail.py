@@ -181,3 +181,72 @@ def test_cli_lists_the_objectives():
     objs = load_plugins()
     assert {"fail-pd", "fail-pg"} <= set(objs)
     assert objs["fail-pd"].gpu["model"] == "black-forest-labs/FLUX.1-dev"
+
+
+def assert_eq(a, b):
+    assert tuple(a) == tuple(b), (a, b)
+
+
+from diffusers import FluxTransformer2DModel  # noqa: E402
+from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration  # noqa: E402
+from alignbook.diffusion.fail import load_flux_policy, load_vlm_discriminator  # noqa: E402
+from alignbook.diffusion.flow import velocity  # noqa: E402
+
+
+def test_gpu_loading_path_on_tiny_local_models(tmp_path):
+    tmp = str(tmp_path)
+    torch.manual_seed(0)
+    FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=16,
+        axes_dims_rope=(2, 2, 4),
+    ).save_pretrained(f"{tmp}/pipe/transformer")
+    flux = load_flux_policy(f"{tmp}/pipe", lora_r=4)
+    trainable = [n for n, p in flux.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    z, cond = torch.randn(2, 4, 4, 4), torch.randn(2, 1 + 5, 32)
+    assert_eq(velocity(flux, z, torch.tensor([0.7, 0.3]), cond).shape, z.shape)
+    _d = cfm_draws(z, 2)
+    cfm_losses(flux, z, cond, _d).mean().backward()
+    assert all(p.grad is not None for n, p in flux.named_parameters() if p.requires_grad)
+    vcfg = Qwen3VLConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=200,
+            rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2]},
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=32,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=16,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=199,
+        video_token_id=198,
+        vision_start_token_id=197,
+        vision_end_token_id=196,
+    )
+    Qwen3VLForConditionalGeneration(vcfg).save_pretrained(f"{tmp}/vlm")
+    vd = load_vlm_discriminator(f"{tmp}/vlm")
+    ids = torch.randint(0, 190, (3, 7))
+    logits = vd({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert_eq(logits.shape, (3,))
+    discriminator_loss(logits[:2], logits[2:]).backward()
+    assert vd.head.weight.grad is not None and all(p.grad is None for p in vd.vlm.parameters())

@@ -27,7 +27,8 @@ __all__ = ['REWARD_MODELS', 'FAIL_TOY', 'FAIL_GPU', 'flow_policy_ratio', 'cfm_dr
            'ppo_clip_loss', 'fail_pg_loss', 'sde_logprobs', 'pathwise_clean_sample', 'grid_timesteps', 'fail_pd_loss',
            'frozen', 'sample_ode_last_k', 'expert_style', 'expert_data', 'distance_to_expert', 'policy_samples',
            'ImageDiscriminator', 'FlowFeatureDiscriminator', 'make_discriminator', 'FailPair', 'ink_reward',
-           'sft_cold_start', 'train_fail', 'check_flow_policy_ratio', 'check_implied_clean_sample']
+           'sft_cold_start', 'train_fail', 'check_flow_policy_ratio', 'check_implied_clean_sample', 'FluxVelocity',
+           'load_flux_policy', 'VLMDiscriminator', 'load_vlm_discriminator']
 
 # %% ../../nbs/46_fail.ipynb #678d4c23
 def flow_policy_ratio(cfm_old: torch.Tensor, cfm_new: torch.Tensor, clamp: float = 3.0) -> torch.Tensor:
@@ -707,3 +708,64 @@ def check_implied_clean_sample(fn) -> str:
         "on the straight line from ε the implied clean sample is x0 itself"
     )
     return "correct"
+
+# %% ../../nbs/46_fail.ipynb #50104a64
+class FluxVelocity(nn.Module):
+    "v(x, σ, cond) for a FluxTransformer2DModel: latents x (B,C,H,W); cond (B,1+T,D) = [pooled; T5 tokens]."
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
+        ids = torch.zeros(h // 2, w // 2, 3, device=x.device)
+        ids[..., 1] = torch.arange(h // 2, device=x.device)[:, None]
+        ids[..., 2] = torch.arange(w // 2, device=x.device)[None, :]
+        p = self.transformer.config.pooled_projection_dim
+        out = self.transformer(
+            hidden_states=tokens,
+            encoder_hidden_states=cond[:, 1:],
+            pooled_projections=cond[:, 0, :p],
+            timestep=sigma.to(x.dtype),
+            img_ids=ids.reshape(-1, 3),
+            txt_ids=torch.zeros(cond.shape[1] - 1, 3, device=x.device),
+        ).sample
+        return out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def load_flux_policy(path: str | Path, lora_r: int = 16, lora_alpha: int = 32) -> FluxVelocity:
+    "The FLUX transformer at `path` (pipeline dir or its transformer/), frozen, with LoRA adapters."
+    from diffusers import FluxTransformer2DModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    p = Path(path)
+    sub = p / "transformer" if (p / "transformer" / "config.json").exists() else p
+    tr = FluxTransformer2DModel.from_pretrained(sub).requires_grad_(False)
+    cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    return FluxVelocity(inject_adapter_in_model(cfg, tr))
+
+
+class VLMDiscriminator(nn.Module):
+    "A vision-language model (frozen) + linear head on the last token's final hidden state → logits (B,)."
+
+    def __init__(self, vlm: nn.Module, hidden_size: int):
+        super().__init__()
+        self.vlm, self.head = vlm.requires_grad_(False), nn.Linear(hidden_size, 1)
+
+    def forward(self, inputs: dict, cond=None) -> torch.Tensor:
+        out = self.vlm(**inputs, output_hidden_states=True)
+        h = out.hidden_states[-1]
+        mask = inputs.get("attention_mask")
+        last = mask.sum(1) - 1 if mask is not None else torch.full((h.shape[0],), h.shape[1] - 1)
+        return self.head(h[torch.arange(h.shape[0]), last].float())[:, 0]
+
+
+def load_vlm_discriminator(path: str | Path) -> VLMDiscriminator:
+    "A VLMDiscriminator around the image-text-to-text model saved at `path` (no remote code)."
+    from transformers import AutoModelForImageTextToText
+
+    vlm = AutoModelForImageTextToText.from_pretrained(path)
+    text = getattr(vlm.config, "text_config", vlm.config)
+    return VLMDiscriminator(vlm, text.hidden_size)

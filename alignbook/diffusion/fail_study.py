@@ -70,7 +70,7 @@ _CLASSIFIER = {}
 
 
 def class_fidelity(samples: torch.Tensor, labels: torch.Tensor, style: str = "thick") -> float:
-    "Share of samples a held-out digit classifier (logistic regression, both styles) reads as the prompted class."
+    "Share of samples that a held-out digit classifier (both styles) reads as the prompted class."
     from sklearn.linear_model import LogisticRegression
 
     if style not in _CLASSIFIER:
@@ -124,7 +124,7 @@ def _run_star(a):
 def fail_study(
     budget: str = "short", seeds: int = 3, workers: int = 1, only: str | None = None, partial=None
 ) -> dict:
-    "Every study run for `seeds` seeds (`workers` processes; finished runs appended to `partial`); the record."
+    "Every study run for `seeds` seeds in `workers` processes (finished runs go to `partial`); the record."
     import alignbook
 
     t0 = time.perf_counter()
@@ -171,7 +171,7 @@ def fail_study(
 
 
 def record_from_partial(budget: str = "short", note: str = "") -> Path:
-    "Write the record of `budget` from the runs finished so far (.partial.jsonl), marked partial, with a note."
+    "Write the record of `budget` from the runs finished so far (.partial.jsonl), marked partial."
     import alignbook
 
     path = study_path(budget)
@@ -251,7 +251,7 @@ def _t95(n: int) -> float:
 
 
 def summarise(rec: dict) -> list[dict]:
-    "Per run name: seeds, final distance (mean, 95% t-interval over seeds), rise after best, ink, fidelity, s."
+    "Per run name: seeds, final distance (mean, 95% t-interval), rise after best, ink, fidelity, seconds."
     by = {}
     for r in rec["runs"]:
         by.setdefault(r["name"], []).append(r)
