@@ -63,6 +63,8 @@ def _runs(budget: str) -> list[dict]:
             draft_k=2,
             **common,
         ),
+        dict(name="FAIL-PD knob: lr=3e-5", objective=pd, lr=3e-5, **common),
+        dict(name="FAIL-PD knob: β_ref=1", objective=pd, beta_ref=1.0, **common),
     ]
 
 # %% ../../nbs/47_fail_study.ipynb #138daa00
