@@ -1,0 +1,252 @@
+"FAIL (arXiv 2602.12155): ratio, discriminator loss, rewards, advantages, pathwise gradients, loops, resume."
+
+import math
+
+import pytest
+import torch
+
+from alignbook.config import get_config
+from alignbook.diffusion.fail import (
+    cfm_draws,
+    cfm_losses,
+    discriminator_loss,
+    fail_pd_loss,
+    fail_pg_loss,
+    flow_policy_ratio,
+    gail_reward,
+    grid_timesteps,
+    group_advantages,
+    make_discriminator,
+    pathwise_clean_sample,
+    sample_ode_last_k,
+    train_fail,
+)
+from alignbook.diffusion.flow import MLPVelocity, sample_ode, toy_digits_flow
+
+
+def test_ratio_is_one_when_old_equals_new_and_clamps():
+    x = torch.tensor([0.0, 0.7, 123.0])
+    assert torch.equal(flow_policy_ratio(x, x), torch.ones(3))
+    r = flow_policy_ratio(torch.tensor([100.0, -100.0, 0.1]), torch.tensor([0.0, 0.0, 0.0]))
+    assert torch.allclose(r, torch.tensor([math.exp(3.0), math.exp(-3.0), math.exp(0.1)]))
+    assert torch.allclose(
+        flow_policy_ratio(torch.tensor([2.0]), torch.tensor([0.0]), clamp=1.0), torch.tensor([math.e])
+    )
+    with pytest.raises(ValueError, match="must match"):
+        flow_policy_ratio(torch.zeros(2), torch.zeros(3))
+
+
+def test_cfm_losses_shared_draws_give_ratio_one_and_gradient_when_model_moves():
+    torch.manual_seed(0)
+    m = MLPVelocity(3, hidden=16, depth=1, num_classes=3)
+    x, c = torch.randn(6, 3), torch.randint(0, 3, (6,))
+    d = cfm_draws(x, 8, torch.Generator().manual_seed(1))
+    old = cfm_losses(m, x, c, d).detach()
+    new = cfm_losses(m, x, c, d)
+    assert torch.equal(flow_policy_ratio(old, new), torch.ones(6))
+    # a fresh set of draws gives a different Monte-Carlo estimate: the draws must be shared
+    d2 = cfm_draws(x, 8, torch.Generator().manual_seed(2))
+    assert not torch.allclose(cfm_losses(m, x, c, d2), old)
+    loss, st = fail_pg_loss(old, new, torch.tensor([1.0, -1.0, 0.5, 0.0, 2.0, -2.0]), clip_range=0.2)
+    loss.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.net.parameters())
+    assert float(st["clip_frac"]) == 0.0
+
+
+def test_discriminator_loss_is_ln2_when_uninformative():
+    assert abs(float(discriminator_loss(torch.zeros(5), torch.zeros(9))) - math.log(2)) < 1e-6
+    good = discriminator_loss(torch.full((4,), 4.0), torch.full((4,), -4.0))
+    bad = discriminator_loss(torch.full((4,), -4.0), torch.full((4,), 4.0))
+    assert good < math.log(2) < bad
+
+
+def test_gail_reward_convention():
+    d = torch.tensor([-3.0, 0.0, 3.0])
+    r = gail_reward(d)
+    assert torch.allclose(
+        r, -torch.log(1 - torch.sigmoid(d)), atol=1e-6
+    )  # expert logit D: r = −log(1 − σ(D))
+    assert torch.allclose(
+        r, -torch.log(torch.sigmoid(-d)), atol=1e-6
+    )  # official: ℓ_gen = −D, r = −log σ(ℓ_gen)
+    assert r[0] < r[1] < r[2]
+
+
+def test_group_advantages_with_and_without_expert():
+    a, ae = group_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), 2)
+    assert ae is None and torch.allclose(a[:2], torch.tensor([-1.0, 1.0]) / math.sqrt(2), atol=1e-6)
+    assert torch.equal(a[2:], torch.zeros(2))
+    a, ae = group_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), 2, torch.tensor([2.0, 1.0]))
+    assert torch.allclose(a[:2], torch.tensor([-1.0, 1.0]), atol=1e-6) and abs(float(ae[0])) < 1e-6
+    assert ae[1] > 0 and (a[2:] < 0).all()
+    with pytest.raises(ValueError, match="one reward per group"):
+        group_advantages(torch.ones(4), 2, torch.ones(3))
+
+
+def test_pathwise_gradient_reaches_policy_not_discriminator():
+    pol = toy_digits_flow().train()
+    for kind in ("conditional", "unconditional", "flow"):
+        disc = make_discriminator(kind, pol)
+        pol.zero_grad(set_to_none=True)
+        z, c = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3])
+        x0 = sample_ode(pol, z, c, steps=3)
+        s, s2 = grid_timesteps(3, 3, generator=torch.Generator().manual_seed(0))
+        loss, _ = fail_pd_loss(pol, disc, x0, z, c, s, s2)
+        loss.mean().backward()
+        assert all(p.grad is None for p in disc.parameters()), kind
+        assert all(
+            p.requires_grad
+            for p in disc.parameters()
+            if p not in set(getattr(disc, "flow", pol).parameters())
+        )
+        assert sum(float(p.grad.abs().sum()) for p in pol.parameters() if p.grad is not None) > 0, kind
+
+
+def test_implied_clean_sample_and_draft_k():
+    class Exact(torch.nn.Module):
+        def __init__(self, x0, eps):
+            super().__init__()
+            self.x0, self.eps = x0, eps
+
+        def forward(self, x, sigma, cond=None):
+            return self.eps - self.x0
+
+    x0, eps = torch.randn(4, 5), torch.randn(4, 5)
+    xh, _, _ = pathwise_clean_sample(
+        Exact(x0, eps), x0, eps, None, torch.full((4,), 0.8), torch.full((4,), 0.0)
+    )
+    assert torch.allclose(xh, x0, atol=1e-6)
+    m = MLPVelocity(5, hidden=8, depth=1)
+    z = torch.randn(4, 5)
+    x = sample_ode_last_k(m, z, steps=4, k=1)
+    assert torch.allclose(x.detach(), sample_ode(m, z, steps=4), atol=1e-6)
+    x.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def _cfg(objective, out, **kw):
+    small = dict(max_steps=4, disc_warmup=1, batch_size=8, sample_steps=3, eval_every=0, final_eval_size=40)
+    return get_config(
+        objective, "toy", out_dir=str(out), **{**small, "log_every": 1, "save_every": 2, "cfm_draws": 2, **kw}
+    )
+
+
+@pytest.mark.parametrize("objective,kw", [("fail-pd", {}), ("fail-pg", {}), ("fail-pg", {"ratio": "sde"})])
+def test_resume_bit_for_bit(tmp_path, objective, kw):
+    full = train_fail(_cfg(objective, tmp_path / "full", **kw), progress=False)
+    train_fail(_cfg(objective, tmp_path / "cut", **kw), until=2, progress=False)
+    resumed = train_fail(_cfg(objective, tmp_path / "cut", **kw), progress=False)
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [r for r in full["history"] if "disc_acc" in r]
+    assert rows and all(k in rows[-1] for k in ("disc_loss", "disc_acc", "reward", "gen_loss", "grad_norm"))
+    if objective == "fail-pg":
+        assert all(k in rows[-1] for k in ("ratio_mean", "ratio_std", "clip_frac"))
+    base = toy_digits_flow().state_dict()
+    assert any(not torch.equal(base[k], a["policy." + k]) for k in base)  # the policy did move
+
+
+def test_gpu_preset_and_bad_config_are_clear(tmp_path):
+    with pytest.raises(NotImplementedError, match="FLUX"):
+        train_fail(get_config("fail-pd", "gpu", out_dir=str(tmp_path)), progress=False)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        train_fail(_cfg("fail-pg", tmp_path, batch_size=6, group_size=4), progress=False)
+
+
+def test_study_summary_and_table():
+    from alignbook.diffusion.fail_study import markdown_table, summarise
+
+    def run(seed, final, curve):
+        return {
+            "name": "PD",
+            "seed": seed,
+            "dist": {"mmd": final},
+            "ink": 0.4,
+            "fidelity": 0.9,
+            "seconds": 1.0,
+            "curve": [{"round": i, "dist": d} for i, d in enumerate(curve)],
+        }
+
+    rows = summarise({"runs": [run(0, 0.2, [0.4, 0.1, 0.2]), run(1, 0.3, [0.4, 0.3])]})
+    assert len(rows) == 1 and rows[0]["seeds"] == 2
+    assert abs(rows[0]["dist"] - 0.25) < 1e-6 and rows[0]["lo"] < 0.25 < rows[0]["hi"]
+    assert abs(rows[0]["rise"] - 0.05) < 1e-6  # (0.2 − 0.1 + 0.3 − 0.3) / 2
+    table = markdown_table(rows, [("run", "{name}"), ("d", "{dist:.2f}")])
+    assert table.splitlines()[2] == "| PD | 0.25 |"
+
+
+def test_cli_lists_the_objectives():
+    from alignbook.config import load_plugins
+
+    objs = load_plugins()
+    assert {"fail-pd", "fail-pg"} <= set(objs)
+    assert objs["fail-pd"].gpu["model"] == "black-forest-labs/FLUX.1-dev"
+
+
+def assert_eq(a, b):
+    assert tuple(a) == tuple(b), (a, b)
+
+
+from diffusers import FluxTransformer2DModel  # noqa: E402
+from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration  # noqa: E402
+from alignbook.diffusion.fail import load_flux_policy, load_vlm_discriminator  # noqa: E402
+from alignbook.diffusion.flow import velocity  # noqa: E402
+
+
+def test_gpu_loading_path_on_tiny_local_models(tmp_path):
+    tmp = str(tmp_path)
+    torch.manual_seed(0)
+    FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=16,
+        axes_dims_rope=(2, 2, 4),
+    ).save_pretrained(f"{tmp}/pipe/transformer")
+    flux = load_flux_policy(f"{tmp}/pipe", lora_r=4)
+    trainable = [n for n, p in flux.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    z, cond = torch.randn(2, 4, 4, 4), torch.randn(2, 1 + 5, 32)
+    assert_eq(velocity(flux, z, torch.tensor([0.7, 0.3]), cond).shape, z.shape)
+    _d = cfm_draws(z, 2)
+    cfm_losses(flux, z, cond, _d).mean().backward()
+    assert all(p.grad is not None for n, p in flux.named_parameters() if p.requires_grad)
+    vcfg = Qwen3VLConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=200,
+            rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2]},
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=32,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=16,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=199,
+        video_token_id=198,
+        vision_start_token_id=197,
+        vision_end_token_id=196,
+    )
+    Qwen3VLForConditionalGeneration(vcfg).save_pretrained(f"{tmp}/vlm")
+    vd = load_vlm_discriminator(f"{tmp}/vlm")
+    ids = torch.randint(0, 190, (3, 7))
+    logits = vd({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert_eq(logits.shape, (3,))
+    discriminator_loss(logits[:2], logits[2:]).backward()
+    assert vd.head.weight.grad is not None and all(p.grad is None for p in vd.vlm.parameters())
