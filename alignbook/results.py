@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['summarize', 'TrainResult', 'save_final']
+__all__ = ['summarize', 'TrainResult', 'save_final', 'study_path', 'read_study', 'write_study']
 
 # %% ../nbs/05b_results.ipynb #d53586d9
 def summarize(history: list[dict]) -> dict:
@@ -68,4 +68,30 @@ def save_final(trainer, cfg, tokenizer=None, model=None) -> Path | None:
     path = trainer.save_model(Path(out) / "final", tokenizer, model=model)
     if trainer.is_main:
         (path / "alignbook_config.json").write_text(json.dumps(dict(cfg), indent=1, default=str))
+    return path
+
+# %% ../nbs/05b_results.ipynb #4cadeb11
+def study_path(name: str) -> Path:
+    "The shipped JSON record of study `name`: alignbook/assets/studies/NAME.json."
+    import alignbook
+
+    return Path(alignbook.__file__).resolve().parent / "assets" / "studies" / f"{name}.json"
+
+
+def read_study(name: str) -> dict:
+    "The recorded run `name` (its results, the command that made it, alignbook's version, the seconds it took)."
+    path = study_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"no recorded run {name!r} at {path}: run the command its chapter names")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_study(name: str, record: dict, command: str, seconds: float, path=None) -> Path:
+    "Write a recorded run with the command that reproduces it, alignbook's version and its duration."
+    from alignbook import __version__
+
+    path = Path(path) if path else study_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"command": command, "version": __version__, "seconds": round(float(seconds), 1)}
+    path.write_text(json.dumps({**record, **meta}, indent=1, default=str), encoding="utf-8")
     return path

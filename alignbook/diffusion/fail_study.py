@@ -8,6 +8,7 @@ import json, math, sys, time
 from pathlib import Path
 import torch
 from ..config import get_config, register_benchmark
+from ..results import study_path as study_path_of
 from .flow import load_digits_images, toy_digits_flow
 from alignbook.diffusion.fail import (
     train_fail,
@@ -206,9 +207,7 @@ def record_from_partial(budget: str = "short", note: str = "") -> Path:
 
 def study_path(budget: str = "short") -> Path:
     "Where the shipped record of `budget` lives."
-    import alignbook
-
-    return Path(alignbook.__file__).resolve().parent / "assets" / "studies" / f"fail_{budget}.json"
+    return study_path_of(f"fail_{budget}")
 
 
 def bench_fail_study(argv: list[str]) -> dict:
