@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from alignbook.config import (
     ALIASES,
+    STUDIES,
     OBJECTIVES,
     BENCHMARKS,
     EVALUATORS,
@@ -21,8 +22,8 @@ from alignbook.config import (
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED', 'EXIT_REFUSED', 'EXIT_SIGINT', 'EXIT_SIGTERM', 'FINISHED',
-           'result_summary', 'cmd_list', 'check_run_dir', 'check_data', 'cmd_train', 'cmd_bench', 'cmd_eval',
-           'cmd_build_base', 'cmd_book', 'parser', 'main']
+           'result_summary', 'cmd_list', 'check_run_dir', 'check_data', 'cmd_train', 'cmd_bench', 'cmd_study',
+           'cmd_eval', 'cmd_build_base', 'cmd_book', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #80d87390
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_REFUSED = 0, 2, 3, 4
@@ -75,6 +76,7 @@ def cmd_list(args) -> int:
     print("presets:", ", ".join(PRESETS))
     print("benchmarks (alignbook bench NAME):", ", ".join(sorted(BENCHMARKS)) or "(none)")
     print("evaluators (alignbook eval NAME):", ", ".join(sorted(EVALUATORS)) or "(none)")
+    print("studies (alignbook study NAME --budget short|long):", ", ".join(sorted(STUDIES)) or "(none)")
     return 0
 
 
@@ -186,6 +188,11 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    _print_json(_registered(STUDIES, "study", args.name)(args.rest))
+    return 0
+
+
 def cmd_eval(args) -> int:
     _print_json(_registered(EVALUATORS, "evaluator", args.name)(args.rest))
     return 0
@@ -289,7 +296,12 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("overrides", nargs="*", help="config overrides key=value")
     t.set_defaults(fn=cmd_train)
-    for name, fn, kind in (("bench", cmd_bench, "benchmark"), ("eval", cmd_eval, "evaluator")):
+    commands = (
+        ("bench", cmd_bench, "benchmark"),
+        ("eval", cmd_eval, "evaluator"),
+        ("study", cmd_study, "study"),
+    )
+    for name, fn, kind in commands:
         s = sub.add_parser(name, help=f"run a registered {kind}")
         s.add_argument("name")
         s.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments for the {kind}")

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['PRESETS', 'COMMON', 'GPU_COMMON', 'OBJECTIVES', 'ALIASES', 'BENCHMARKS', 'EVALUATORS', 'SCHEDULERS', 'CONSTRAINTS',
-           'NULLABLE', 'LIST_OR_STR', 'SYNTHETIC_DATASETS', 'RESUMABLE_KEYS', 'Config', 'Objective',
-           'register_objective', 'register_benchmark', 'register_evaluator', 'load_plugins', 'resolve_preset',
-           'canonical_objective', 'get_config', 'parse_value', 'parse_overrides', 'validate_override',
+__all__ = ['PRESETS', 'COMMON', 'GPU_COMMON', 'OBJECTIVES', 'ALIASES', 'BENCHMARKS', 'EVALUATORS', 'STUDIES', 'SCHEDULERS',
+           'CONSTRAINTS', 'NULLABLE', 'LIST_OR_STR', 'SYNTHETIC_DATASETS', 'RESUMABLE_KEYS', 'Config', 'Objective',
+           'register_objective', 'register_benchmark', 'register_evaluator', 'register_study', 'load_plugins',
+           'resolve_preset', 'canonical_objective', 'get_config', 'parse_value', 'parse_overrides', 'validate_override',
            'validate_dataset_name', 'config_diff', 'check_layering']
 
 # %% ../nbs/00_config.ipynb #032e4fb9
@@ -119,6 +119,7 @@ OBJECTIVES: dict[str, Objective] = {}
 ALIASES: dict[str, str] = {}  # old objective names, accepted for one release
 BENCHMARKS: dict[str, Callable] = {}
 EVALUATORS: dict[str, Callable] = {}
+STUDIES: dict[str, Callable] = {}  # recorded runs: `alignbook study NAME --budget short|long`
 
 
 def register_objective(
@@ -146,6 +147,12 @@ def register_benchmark(name: str, fn: Callable):
 def register_evaluator(name: str, fn: Callable):
     "Make `alignbook eval name` call `fn(argv) -> dict`."
     EVALUATORS[name] = fn
+    return fn
+
+
+def register_study(name: str, fn: Callable):
+    "Make `alignbook study name` call `fn(argv) -> dict` (a study too long for a notebook, recorded as JSON)."
+    STUDIES[name] = fn
     return fn
 
 # %% ../nbs/00_config.ipynb #93159dd6

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, math, sys, time
 from pathlib import Path
 import torch
-from ..config import get_config, register_benchmark
+from ..config import get_config, register_benchmark, register_study
 from ..results import study_path as study_path_of
 from .flow import load_digits_images, toy_digits_flow
 from alignbook.diffusion.fail import (
@@ -230,7 +230,8 @@ def bench_fail_study(argv: list[str]) -> dict:
     return {"out": str(out), "seconds": rec["seconds"], "runs": len(rec["runs"])}
 
 
-register_benchmark("fail-study", bench_fail_study)
+register_study("fail", bench_fail_study)  # alignbook study fail --budget short|long
+register_benchmark("fail-study", bench_fail_study)  # the name of the first recording's command
 
 # %% ../../nbs/47_fail_study.ipynb #fbb69126
 def load_study(path=None) -> dict:
