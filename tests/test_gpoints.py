@@ -13,7 +13,6 @@ from alignbook.lm.gpoints import (
     OUT_OF_ATTEMPTS_REWARD,
     Hand,
     Rule,
-    Score,
     card_value,
     check_score_formula,
     check_solver,
@@ -291,7 +290,9 @@ HO = Hand(["K", "3", "4", "6"], OOD_RULE)
         '  {"number": [10, 3, 4, 6], "formula": "3*6+10-4=24"}\n',
         '```json\n{"cards": ["K","3","4","6"], "number": [10,3,4,6], "formula": "3*6+10-4=24"}\n```',
         'Sure! Here it is: {"formula": "3*6+10-4"} Hope that helps.',
-        "{\n  \"cards\": ['K', '3', '4', '6'],\n  \"number\": [10, 3, 4, 6],\n  \"formula\": \"3*6+10-4=24\",\n}",  # paper style, not JSON
+        # paper style, not JSON
+        "{\n  \"cards\": ['K', '3', '4', '6'],\n  \"number\": [10, 3, 4, 6],"
+        "\n  \"formula\": \"3*6+10-4=24\",\n}",
         "{'formula': '3*6+10-4'}",
     ],
 )

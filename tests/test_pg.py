@@ -247,12 +247,12 @@ def test_gae_lambda1_gamma1_is_return_minus_value():
 
 
 def test_ppo_clip_and_value_loss():
-    l = ppo_clip_loss(
+    clip_loss = ppo_clip_loss(
         torch.log(torch.tensor([[1.5, 0.5, 1.5, 0.5]])),
         torch.zeros(1, 4),
         torch.tensor([[1.0, 1.0, -1.0, -1.0]]),
     )
-    torch.testing.assert_close(l, torch.tensor([[-1.2, -0.5, 1.5, 0.8]]))
+    torch.testing.assert_close(clip_loss, torch.tensor([[-1.2, -0.5, 1.5, 0.8]]))
     v = torch.tensor([[1.0, 0.0]], requires_grad=True)
     vl = value_loss(v, torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]), torch.ones(1, 2), clip=0.2)
     torch.testing.assert_close(vl, torch.tensor([0.5 * (1.0 + 1.0) / 2]))  # max(unclipped, clipped) per token
