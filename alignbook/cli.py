@@ -21,7 +21,7 @@ from alignbook.config import (
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED', 'EXIT_REFUSED', 'EXIT_SIGINT', 'EXIT_SIGTERM', 'FINISHED',
-           'result_summary', 'cmd_list', 'check_run_dir', 'check_data', 'cmd_train', 'cmd_bench', 'cmd_eval',
+           'result_summary', 'cmd_list', 'validate_run_dir', 'validate_data', 'cmd_train', 'cmd_bench', 'cmd_eval',
            'cmd_build_base', 'cmd_book', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #80d87390
@@ -85,7 +85,7 @@ def _read_json(p: Path) -> dict | None:
         return None
 
 
-def check_run_dir(cfg) -> None:
+def validate_run_dir(cfg) -> None:
     "RunRefused if `cfg.out_dir` holds another objective's run, a run with another config, or a finished run."
     from alignbook.train import RunRefused
 
@@ -118,7 +118,7 @@ def check_run_dir(cfg) -> None:
         )
 
 
-def check_data(cfg) -> None:
+def validate_data(cfg) -> None:
     "Read and validate a local `cfg.dataset` before any model loads, so bad data fails in seconds."
     from alignbook.data import load_rows, guess_kind, validate_dataset
 
@@ -153,14 +153,14 @@ def cmd_train(args) -> int:
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory")
-    check_run_dir(cfg)
-    check_data(cfg)
+    validate_run_dir(cfg)
+    validate_data(cfg)
     old_sigterm = signal.signal(signal.SIGTERM, _sigterm)
     try:
         main_process = os.environ.get("RANK", "0") == "0"  # under torchrun/accelerate, rank 0 keeps the books
         with RunLock(out) if main_process else contextlib.nullcontext():
             if main_process:
-                check_run_dir(cfg)  # again, now that no other process can be writing there
+                validate_run_dir(cfg)  # again, now that no other process can be writing there
                 (out / FINISHED).unlink(missing_ok=True)
                 atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
                 print(f"training {args.objective} ({cfg.preset} preset) → {out}", file=sys.stderr)

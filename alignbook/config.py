@@ -384,13 +384,21 @@ def config_diff(saved: dict, new: dict, ignore=RESUMABLE_KEYS) -> dict:
     }
 
 # %% ../nbs/00_config.ipynb #59ce9eb6
-def check_layering(fn: Callable) -> str:
+def check_layering(fn: Callable) -> None:
     "Check a student's layering function `fn(common, objective_defaults, overrides) -> dict`."
     common, obj = {"lr": 1.0, "beta": None}, {"beta": 0.1}
-    assert fn(common, obj, {"lr": 2.0}) == {"lr": 2.0, "beta": 0.1}, "later layers must win"
+    try:
+        got = fn(common, obj, {"lr": 2.0})
+    except Exception as e:
+        raise AssertionError(f"valid overrides raised {type(e).__name__}: {e}; later layers must win") from e
+    if got != {"lr": 2.0, "beta": 0.1}:
+        raise AssertionError(f"got {got}: later layers must win ({{'lr': 2.0, 'beta': 0.1}})")
     try:
         fn(common, obj, {"lrr": 1})
-        raise AssertionError("an unknown key must raise")
     except (KeyError, ValueError):
-        pass
-    return "correct"
+        return
+    except Exception as e:
+        raise AssertionError(
+            f"an unknown key must raise KeyError or ValueError, not {type(e).__name__}"
+        ) from e
+    raise AssertionError("an unknown key ('lrr') must raise KeyError or ValueError, not pass silently")

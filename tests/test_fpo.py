@@ -100,10 +100,9 @@ def test_pool_completion_is_a_masked_mean():
 
 
 def test_check_helper():
-    assert check_feature_deviation(lambda p, r, k: feature_deviation(p, r, k)) == "correct"
-    assert check_feature_deviation(lambda p, r, k: feature_deviation(p, r, k) * k / p.shape[1]).startswith(
-        "divided by F"
-    )
+    assert check_feature_deviation(lambda p, r, k: feature_deviation(p, r, k)) is None
+    with pytest.raises(AssertionError, match="divided by F"):
+        check_feature_deviation(lambda p, r, k: feature_deviation(p, r, k) * k / p.shape[1])
 
 
 # --- the whole pipeline on a small toy model --------------------------------------------------------------

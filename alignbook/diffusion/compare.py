@@ -12,7 +12,7 @@ import alignbook.diffusion.mapo  # noqa: F401  (registers mapo)
 import alignbook.diffusion.kto  # noqa: F401  (registers diffusion-kto)
 
 # %% auto #0
-__all__ = ['compare_objectives', 'check_comparison']
+__all__ = ['compare_objectives', 'assert_comparison']
 
 # %% ../../nbs/49_compare_diffusion.ipynb #a969e35f
 def compare_objectives(
@@ -30,7 +30,7 @@ def compare_objectives(
     return out
 
 # %% ../../nbs/49_compare_diffusion.ipynb #b8be1248
-def check_comparison(res: dict) -> None:
+def assert_comparison(res: dict) -> None:
     "Check a results table (score, win rate in [0, 1], MMD² ≥ 0, diversity); AssertionError if not."
     for o, r in res.items():
         for k in ("score", "win_rate_vs_base", "mmd_to_base", "diversity"):

@@ -461,19 +461,16 @@ def compare_at_equal_budget(
     return out
 
 # %% ../../nbs/27b_fpo.ipynb #b27b0332
-def check_feature_deviation(fn) -> str:
+def check_feature_deviation(fn) -> None:
     "Check a student's `fn(policy_acts, ref_acts, k) -> (B,)` (the policy's top-k, divided by k)."
     g = torch.Generator().manual_seed(5)
     p, r = torch.rand(6, 30, generator=g), torch.rand(6, 30, generator=g)
     want, got = feature_deviation(p, r, 7, "policy"), fn(p, r, 7)
     if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+        raise AssertionError(f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}")
     if torch.allclose(got, feature_deviation(p, r, 7, "reference")) and not torch.allclose(got, want):
-        return "indices taken from the reference: the public code selects the policy's top-k"
+        raise AssertionError("indices taken from the reference: the public code selects the policy's top-k")
     if torch.allclose(got * 30, want * 7):
-        return "divided by F: average over the k selected features"
-    return (
-        "correct"
-        if torch.allclose(got, want, atol=1e-6)
-        else f"wrong values: max error {(got - want).abs().max():.3g}"
-    )
+        raise AssertionError("divided by F: average over the k selected features")
+    if not torch.allclose(got, want, atol=1e-6):
+        raise AssertionError(f"wrong values: max error {(got - want).abs().max():.3g}")

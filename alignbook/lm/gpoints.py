@@ -750,9 +750,9 @@ CHECK_CASES = [  # (formula, numbers, target, expected reward)
 ]
 
 
-def check_score_formula(fn: Callable, verbose: bool = True) -> bool:
-    "Run `fn(formula, numbers, target)` on CHECK_CASES; print each mismatch; True if all rewards match."
-    ok = True
+def check_score_formula(fn: Callable, verbose: bool = True) -> None:
+    "Run `fn(formula, numbers, target)` on CHECK_CASES; AssertionError listing the mismatched rewards."
+    bad = []
     for formula, numbers, target, want in CHECK_CASES:
         try:
             got = fn(formula, numbers, target)
@@ -760,17 +760,16 @@ def check_score_formula(fn: Callable, verbose: bool = True) -> bool:
         except Exception as e:
             got = f"raised {type(e).__name__}: {e}"[:80]
         if got != want:
-            ok = False
-            if verbose:
-                print(f"✗ {formula[:30]!r} with {numbers}: expected {want}, got {got}")
+            bad.append(f"✗ {formula[:30]!r} with {numbers}: expected {want}, got {got}")
     if verbose:
-        print("all cases pass ✓" if ok else "some cases fail")
-    return ok
+        print("\n".join(bad) or "all cases pass ✓")
+    if bad:
+        raise AssertionError(f"{len(bad)} of {len(CHECK_CASES)} cases differ; first: {bad[0]}")
 
 
-def check_solver(fn: Callable, n: int = 200, seed: int = 0, verbose: bool = True) -> bool:
+def check_solver(fn: Callable, n: int = 200, seed: int = 0, verbose: bool = True) -> None:
     "Compare `fn(numbers, target)` with `is_solvable` on random 4-number hands; verify its formulas."
-    rng, ok = random.Random(seed), True
+    rng = random.Random(seed)
     for _ in range(n):
         nums = [rng.randint(1, 13) for _ in range(4)]
         try:
@@ -780,10 +779,8 @@ def check_solver(fn: Callable, n: int = 200, seed: int = 0, verbose: bool = True
         truth = is_solvable(nums)
         good = (f is None and not truth) or (isinstance(f, str) and score_formula(f, nums).correct)
         if not good:
-            ok = False
-            if verbose:
-                print(f"✗ {nums}: returned {f!r}; solvable={truth}")
-            break
+            raise AssertionError(
+                f"✗ {nums}: returned {f!r}; solvable={truth} (None when unsolvable, else a correct formula)"
+            )
     if verbose:
-        print("solver agrees on all hands ✓" if ok else "solver disagrees")
-    return ok
+        print("solver agrees on all hands ✓")

@@ -107,7 +107,7 @@ def sequence_logps(
     return LogProbs(s, s / n.clamp(min=1), n, lp, mask, logits[:, :-1] if return_logits else None)
 
 # %% ../../nbs/04_logps.ipynb #bcc4d0d5
-def check_logps(fn) -> str:
+def check_logps(fn) -> None:
     "Check a student's `fn(logits, input_ids, completion_mask) -> (B,) summed log-probs`."
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 9, 13, generator=g)
@@ -117,8 +117,8 @@ def check_logps(fn) -> str:
     cm[1, 7:] = 0
     want = completion_logps(logits, ids, cm)[0].sum(1)
     got = fn(logits, ids, cm)
-    assert got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {tuple(got.shape)}"
-    assert torch.allclose(got, want, atol=1e-4), (
-        f"expected {want}, got {got} (did you shift by one and mask the prompt?)"
-    )
-    return "correct"
+    if not torch.is_tensor(got) or got.shape != want.shape:
+        shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
+        raise AssertionError(f"expected a tensor of shape {tuple(want.shape)}, got {shape}")
+    if not torch.allclose(got, want, atol=1e-4):
+        raise AssertionError(f"expected {want}, got {got} (did you shift by one and mask the prompt?)")

@@ -450,7 +450,7 @@ for _a, (_toy, _gpu) in ALGOS.items():
     )
 
 # %% ../../nbs/31_rl.ipynb #41416613
-def check_terminal_rewards(fn) -> str:
+def check_terminal_rewards(fn) -> None:
     "Check a student's `fn(rewards (B,), mask (B,T)) -> (B,T)` against `terminal_rewards`."
     m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     r = torch.tensor([5.0, -2.0, -1.0])
@@ -460,4 +460,3 @@ def check_terminal_rewards(fn) -> str:
             f"got {torch.as_tensor(got).tolist()}, expected {want.tolist()} "
             "(last *active* token, prompts may be masked on the left)"
         )
-    return "correct"

@@ -225,7 +225,7 @@ def evaluate_policy(
     return dict(rule=rule.name, **summ)
 
 # %% ../../nbs/30_rollout.ipynb #ea07f108
-def check_pack_batch(fn) -> str:
+def check_pack_batch(fn) -> None:
     "Check a student's `fn(prompt_ids, completion_ids, pad_id) -> dict` against `pack_batch`."
     P, C = [[5, 6, 7], [8]], [[9, 10], [11, 12, 13]]
     got, want = fn(P, C, 0), pack_batch(P, C, 0)
@@ -234,4 +234,3 @@ def check_pack_batch(fn) -> str:
             raise AssertionError(f"missing key {k!r}")
         if not torch.equal(torch.as_tensor(got[k]).long(), want[k]):
             raise AssertionError(f"{k}: got {torch.as_tensor(got[k]).tolist()}, expected {want[k].tolist()}")
-    return "correct"

@@ -379,15 +379,14 @@ register_objective(
 )
 
 # %% ../../nbs/27a_sae.ipynb #a944b3be
-def check_topk_relu(fn) -> str:
+def check_topk_relu(fn) -> None:
     "Check a student's `fn(pre, k)`: top-k per row, ReLU'd, zeros elsewhere."
     g = torch.Generator().manual_seed(3)
     pre = torch.randn(5, 7, 20, generator=g)
     want, got = topk_relu(pre, 4), fn(pre, 4)
     if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+        raise AssertionError(f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}")
     if (got < 0).any():
-        return "negative activations: apply a ReLU to the kept values"
-    return (
-        "correct" if torch.allclose(got, want) else f"wrong values: max error {(got - want).abs().max():.3g}"
-    )
+        raise AssertionError("negative activations: apply a ReLU to the kept values")
+    if not torch.allclose(got, want):
+        raise AssertionError(f"wrong values: max error {(got - want).abs().max():.3g} (keep the k largest)")
