@@ -212,7 +212,7 @@ def test_train_fpo_end_to_end(tmp_path):
     )
     out = train_fpo(cfg, model, tok)
     assert out["loss"] > 0 and math.isfinite(out["loss"])
-    assert {"eval/pref_acc", "eval/entropy", "eval/feature_drift", "feature_dev/rejected"} <= set(out)
+    assert {"eval/pref_acc", "eval/entropy", "eval/feature_drift", "feature_dev/rejected"} <= set(out.summary)
     assert out["eval/feature_drift"] > 0
     assert list((tmp_path / "run" / "ref_cache").glob("fpo-ref-*.safetensors"))
 

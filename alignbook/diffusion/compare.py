@@ -24,9 +24,7 @@ def compare_objectives(
         cfg = get_config(o, preset, **overrides)
         t0 = time.perf_counter()
         r = train_image_prefs(cfg, return_model=True)
-        r.pop("model", None)
-        r["train_s"] = time.perf_counter() - t0
-        out[o] = r
+        out[o] = {**r.summary, "samples": r.samples, "train_s": time.perf_counter() - t0}
     return out
 
 # %% ../../nbs/49_compare_diffusion.ipynb #b8be1248

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from ..config import register_objective
 from ..train import Trainer
+from ..results import TrainResult
 from ..lm.reference import CopyReference, DisabledAdapterReference, Reference, auto_reference
 from .flow import toy_digits_flow, sample_ode, sample_sigmas, mmd_rbf
 from alignbook.diffusion.prefs import (
@@ -24,7 +25,8 @@ from alignbook.diffusion.prefs import (
 
 # %% auto #0
 __all__ = ['PREF_LOSSES', 'IMAGE_PREF_TOY', 'IMAGE_PREF_GPU', 'validate_errors', 'draw_noise', 'sft_chosen_loss_fn',
-           'load_image_model', 'image_pref_data', 'make_image_reference', 'preference_eval', 'train_image_prefs']
+           'load_image_model', 'image_pref_data', 'make_image_reference', 'preference_eval', 'merged_unet',
+           'train_image_prefs']
 
 # %% ../../nbs/41a_image_preftrain.ipynb #d9d41a87
 def validate_errors(**errs):
@@ -180,7 +182,20 @@ def preference_eval(model, base, cfg, n: int = 400, seed: int = 123) -> dict:
     }
 
 # %% ../../nbs/41a_image_preftrain.ipynb #9b6b08f8
-def train_image_prefs(cfg, return_model: bool = False) -> dict:
+def merged_unet(policy):
+    "A copy of the policy's UNet with its LoRA adapters merged in and removed: a plain diffusers UNet."
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    unet = copy.deepcopy(getattr(policy, "unet", policy))
+    for name, m in list(unet.named_modules()):
+        if isinstance(m, BaseTunerLayer):
+            m.merge()
+            parent, _, attr = name.rpartition(".")
+            setattr(unet.get_submodule(parent) if parent else unet, attr, m.get_base_layer())
+    return unet
+
+
+def train_image_prefs(cfg, return_model: bool = False) -> TrainResult:
     "Train cfg.objective (a key of PREF_LOSSES) on image preferences through alignbook.train.Trainer."
     if cfg.objective not in PREF_LOSSES:
         raise ValueError(
@@ -209,19 +224,19 @@ def train_image_prefs(cfg, return_model: bool = False) -> dict:
         collate_fn=collate_image_prefs,
         out_dir=cfg.out_dir,
     )
-    last = tr.fit()
+    tr.fit()
     model = tr.unwrapped.eval()
-    out = {**last, "n_pairs": len(rows)}
+    counters, samples = {"n_pairs": len(rows)}, None
     if not hasattr(model, "unet"):  # toy: measure against the base
         ev = preference_eval(model, base, cfg, n=cfg.eval_size)
-        out.update({k: v for k, v in ev.items() if k != "samples"})
-        if return_model:
-            out["samples"] = ev["samples"]
+        counters.update({k: v for k, v in ev.items() if k != "samples"})
+        samples = ev["samples"]
     if cfg.out_dir:
         tr.save_checkpoint()  # LoRA / trainable weights as safetensors + optimiser state
-    if return_model:
-        out["model"] = model
-    return out
+    res = TrainResult.from_trainer(tr, cfg, model=merged_unet(model) if cfg.out_dir else model, **counters)
+    res.model = model  # the policy (with its adapters) rides along; OUT_DIR/final holds the merged UNet
+    res.samples = samples if return_model else None
+    return res
 
 
 register_objective(

@@ -15,6 +15,7 @@ from ..checks import validate_same_shape, validate_positive
 from .logps import sequence_logps
 from .reference import Reference, PrecomputedReference, data_hash, eval_mode, make_reference
 from .sae import SparseAutoencoder, capture_residual, sae_hash
+from ..results import TrainResult
 
 # %% auto #0
 __all__ = ['FEATURE_SELECTS', 'FPO_LOGP_KEYS', 'pool_completion', 'feature_deviation', 'fpo_loss', 'pooled_features',
@@ -279,8 +280,8 @@ def load_fpo_sae(cfg, model=None, tokenizer=None) -> SparseAutoencoder:
     return sae.requires_grad_(False).eval()
 
 
-def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False):
-    "Train FPO with the shared Trainer (offline reference by default); returns the last logged values."
+def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False) -> TrainResult:
+    "Train FPO with the shared Trainer (offline reference by default); (result, trainer) if `return_trainer`."
     from alignbook.lm.preftrain import build_data, eval_pairs, eval_generation
     from alignbook.lm.gpoints import score_response
     from alignbook.lm.reference import auto_reference
@@ -353,12 +354,8 @@ def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False):
         eval_fn=eval_fn,
     )
     tr.fit()
-    summary = {}
-    for row in getattr(tr, "history", []):
-        summary.update(row)
-    if tr.out_dir is not None:
-        summary["final_model"] = str(tr.save_model(Path(tr.out_dir) / "final", tok))
-    return (summary, tr) if return_trainer else summary
+    res = TrainResult.from_trainer(tr, cfg, tok)
+    return (res, tr) if return_trainer else res
 
 # %% ../../nbs/27b_fpo.ipynb #7e4783b2
 def _fpo_presets():

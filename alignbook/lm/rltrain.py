@@ -426,7 +426,7 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
 
 # %% ../../nbs/31_rl.ipynb #cb92abe9
 def _train_fn(algo):
-    def fn(cfg):
+    def fn(cfg) -> TrainResult:
         return train_rl(cfg, algo)
 
     fn.__name__ = f"train_{algo}"
