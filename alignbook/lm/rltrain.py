@@ -400,7 +400,7 @@ def _check_cfg(cfg, algo):
     parse_rules(cfg.eval_rules)
 
 
-def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start: bool = True) -> dict:
+def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start: bool = True) -> TrainResult:
     "Train `cfg.model` with `algo` (a key of ALGOS) on GeneralPoints through the shared `Trainer`."
     name = algo or cfg.objective
     _check_cfg(cfg, name)
