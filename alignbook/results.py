@@ -47,6 +47,13 @@ class TrainResult(dict):
             return self[k]
         raise AttributeError(f"TrainResult has no attribute {k!r}; fields: {', '.join(TrainResult.FIELDS)}")
 
+    def get(self, k, default=None):
+        "A field, else a summary metric, else `default`: older dict-style reads keep working."
+        try:
+            return self[k]
+        except KeyError:
+            return default
+
     def __missing__(self, k):
         if k in self["summary"]:
             return self["summary"][k]

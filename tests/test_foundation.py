@@ -3,7 +3,7 @@
 import io, json, contextlib, math
 import pytest, torch
 from datasets import Dataset
-from alignbook.config import get_config, parse_overrides, register_objective, OBJECTIVES, Config
+from alignbook.config import get_config, parse_overrides
 from alignbook.models import toy_tokenizer, toy_model
 from alignbook.data import (
     DataFormatError,
@@ -190,7 +190,7 @@ def test_cli_train_sft_lowers_loss(tmp_path):
             ]
         )
     assert rc == 0
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20, 30] and rows[-1]["loss"] < rows[0][
         "loss"
     ]  # averaged over 10 steps each

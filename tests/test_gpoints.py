@@ -13,7 +13,6 @@ from alignbook.lm.gpoints import (
     OUT_OF_ATTEMPTS_REWARD,
     Hand,
     Rule,
-    Score,
     card_value,
     check_score_formula,
     check_solver,
@@ -291,7 +290,9 @@ HO = Hand(["K", "3", "4", "6"], OOD_RULE)
         '  {"number": [10, 3, 4, 6], "formula": "3*6+10-4=24"}\n',
         '```json\n{"cards": ["K","3","4","6"], "number": [10,3,4,6], "formula": "3*6+10-4=24"}\n```',
         'Sure! Here it is: {"formula": "3*6+10-4"} Hope that helps.',
-        "{\n  \"cards\": ['K', '3', '4', '6'],\n  \"number\": [10, 3, 4, 6],\n  \"formula\": \"3*6+10-4=24\",\n}",  # paper style, not JSON
+        # paper style, not JSON
+        "{\n  \"cards\": ['K', '3', '4', '6'],\n  \"number\": [10, 3, 4, 6],"
+        "\n  \"formula\": \"3*6+10-4=24\",\n}",
         "{'formula': '3*6+10-4'}",
     ],
 )
@@ -465,12 +466,16 @@ def test_float_value_shows_the_official_bug():
 
 
 def test_check_helpers_discriminate():
-    assert check_score_formula(score_formula, verbose=False)
-    assert not check_score_formula(lambda f, n, t=24: 5, verbose=False)
-    assert not check_score_formula(lambda f, n, t=24: 1 / 0, verbose=False)  # exceptions count as failures
-    assert check_solver(solve, n=50, verbose=False)
-    assert not check_solver(lambda nums, t=24: None, n=50, verbose=False)
-    assert not check_solver(lambda nums, t=24: "+".join(map(str, nums)), n=50, verbose=False)
+    assert check_score_formula(score_formula, verbose=False) is None
+    with pytest.raises(AssertionError, match="cases differ"):
+        check_score_formula(lambda f, n, t=24: 5, verbose=False)
+    with pytest.raises(AssertionError, match="ZeroDivisionError"):  # exceptions count as failures
+        check_score_formula(lambda f, n, t=24: 1 / 0, verbose=False)
+    assert check_solver(solve, n=50, verbose=False) is None
+    with pytest.raises(AssertionError, match="solvable=True"):
+        check_solver(lambda nums, t=24: None, n=50, verbose=False)
+    with pytest.raises(AssertionError, match="returned"):
+        check_solver(lambda nums, t=24: "+".join(map(str, nums)), n=50, verbose=False)
 
 
 def test_held_out_hands_cover_both_rules_and_card_order():

@@ -48,9 +48,9 @@ def wheel(tmp_path_factory):
 def test_wheel_requires_runtime_only(wheel):
     meta = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("METADATA"))
     reqs = [
-        l.split(":", 1)[1].strip()
-        for l in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
-        if l.startswith("Requires-Dist:")
+        line.split(":", 1)[1].strip()
+        for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
+        if line.startswith("Requires-Dist:")
     ]
     runtime = [r for r in reqs if "extra ==" not in r]
     assert any(r.startswith("torch") for r in runtime) and any(r.startswith("transformers") for r in runtime)
@@ -79,7 +79,8 @@ def test_every_module_imports_without_dev_tools(wheel, tmp_path):
         BLOCK = {DEV_ONLY!r}
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in BLOCK: raise ModuleNotFoundError(f'dev-only package {{name}} imported at import time', name=name)
+                if name.split('.')[0] in BLOCK:
+                    raise ModuleNotFoundError(f'dev-only package {{name}} imported at import time', name=name)
         sys.meta_path.insert(0, Block())
         sys.path.insert(0, {str(tmp_path / "site")!r})
         import alignbook

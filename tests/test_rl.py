@@ -53,7 +53,7 @@ def test_loop_runs_and_logs(tiny, tmp_path, algo):
         **{k: v for k, v in SMALL.items() if k != "eval_every"},
     )
     out = train_rl(cfg, progress=False)
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert "eval/ood_success" in rows[-1] and rows[-1]["flops"] > rows[1]["flops"] > 0
     assert all(0.0 <= r["time/gen_share"] <= 1.0 for r in rows[1:])

@@ -1,4 +1,4 @@
-import os, subprocess, sys, json, tempfile
+import os, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file

@@ -4,11 +4,11 @@
 
 # %% ../../nbs/92_bench.ipynb #3398751a
 from __future__ import annotations
-import subprocess, sys, json
+import subprocess, sys, json, time
 import torch
 
 # %% auto #0
-__all__ = ['PeakMemory', 'sync', 'spawn_arm', 'ratio']
+__all__ = ['PeakMemory', 'sync', 'step_timer', 'spawn_arm', 'ratio']
 
 # %% ../../nbs/92_bench.ipynb #236c11f1
 def _proc_mb() -> tuple[float, float]:
@@ -56,6 +56,22 @@ def sync():
     "Wait for the GPU (no-op on CPU)."
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def step_timer(times: list):
+    "A transformers `TrainerCallback` appending each step's wall time (s, GPU synced) to `times`."
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            sync()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            sync()
+            times.append(time.perf_counter() - self.t)
+
+    return StepTimer()
 
 
 def spawn_arm(module: str, fn: str, arm: str, spec: dict) -> dict:

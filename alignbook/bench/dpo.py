@@ -16,6 +16,7 @@ from alignbook.bench import (
     PeakMemory,
     spawn_arm,
     sync,
+    step_timer,
     ratio,
 )  # the shared measurement mechanism (see the benchmarks chapter)
 
@@ -43,16 +44,6 @@ def run_arm(arm: str, spec: dict) -> dict:
     times, extra = [], {}
     if arm == "trl":
         from trl import DPOConfig, DPOTrainer
-        from transformers import TrainerCallback
-
-        class CB(TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                sync()
-                self.t = time.perf_counter()
-
-            def on_step_end(self, *a, **k):
-                sync()
-                times.append(time.perf_counter() - self.t)
 
         args = DPOConfig(
             output_dir=tempfile.mkdtemp(),
@@ -81,7 +72,7 @@ def run_arm(arm: str, spec: dict) -> dict:
             args=args,
             train_dataset=ds,
             processing_class=tok,
-            callbacks=[CB()],
+            callbacks=[step_timer(times)],
         )
         tr.train()
         times = times[warm:]

@@ -8,7 +8,7 @@ import argparse, random, tempfile, time
 import torch
 from ..config import get_config, register_benchmark
 from ..models import count_params, toy_model, toy_tokenizer
-from . import PeakMemory, spawn_arm
+from . import PeakMemory, spawn_arm, step_timer
 
 # %% auto #0
 __all__ = ['bench_grpo']
@@ -49,7 +49,6 @@ def _bench_side(side: str, spec: dict) -> dict:
         comp_len = statistics.mean(r["completion_len"] for r in rows)
     elif side == "trl":
         from datasets import Dataset
-        from transformers import TrainerCallback
 
         rng = random.Random("alignbook-bench-grpo")
         hands = [gpoints.sample_hand(rng, gpoints.ID_RULE) for _ in range(P * (steps + 1))]
@@ -106,14 +105,7 @@ def _bench_side(side: str, spec: dict) -> dict:
 
         tr._generate_and_score_completions = timed
 
-        class CB(TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                self.t = time.perf_counter()
-
-            def on_step_end(self, *a, **k):
-                times.append(time.perf_counter() - self.t)
-
-        tr.add_callback(CB())
+        tr.add_callback(step_timer(times))
         tr.train()
         step_s, gen_s, comp_len = times[1:], gens[1:], statistics.mean(lens[1:])
     else:

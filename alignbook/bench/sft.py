@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, statistics, tempfile, time
 import torch
 from ..config import register_benchmark
-from . import PeakMemory, spawn_arm, sync, ratio
+from . import PeakMemory, spawn_arm, step_timer, sync, ratio
 
 # %% auto #0
 __all__ = ['fixed_length_sft_data', 'sft_arm', 'bench_sft']
@@ -47,16 +47,6 @@ def sft_arm(arm: str, spec: dict) -> dict:
     steps, warm, times = spec["steps"], spec["warmup"], []
     if arm == "trl":
         from trl import SFTConfig, SFTTrainer
-        from transformers import TrainerCallback
-
-        class Timer(TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                sync()
-                self.t = time.perf_counter()
-
-            def on_step_end(self, *a, **k):
-                sync()
-                times.append(time.perf_counter() - self.t)
 
         args = SFTConfig(
             output_dir=tempfile.mkdtemp(),
@@ -80,7 +70,9 @@ def sft_arm(arm: str, spec: dict) -> dict:
             bf16=False,
             gradient_checkpointing=False,
         )
-        tr = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
+        tr = SFTTrainer(
+            model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[step_timer(times)]
+        )
         mem = PeakMemory().start()
         tr.train()
     else:

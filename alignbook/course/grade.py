@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ['check_close', 'raises', 'using', 'grade_notebook', 'grade']
 
 # %% ../../nbs/93a_grade.ipynb #9a99bc35
-def check_close(got, want, what: str, rtol: float = 1e-4, atol: float = 1e-6):
+def check_close(got, want, what: str, rtol: float = 1e-4, atol: float = 1e-6) -> None:
     "Assert tensors `got` and `want` are close; the message names `what` and the largest difference."
     import torch
 

@@ -10,6 +10,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from diffusers import UNet2DModel, UNet2DConditionModel
 from ..config import Config, COMMON
 from ..train import Trainer
+from ..results import TrainResult
 
 # %% auto #0
 __all__ = ['NUM_TRAIN_TIMESTEPS', 'DIGITS_UNET', 'DIGITS_FLOW_RECIPE', 'interpolate', 'flow_target', 'to_meta_convention',
@@ -458,8 +459,8 @@ def digits_mmd(model, n: int = 500, steps: int = 10, seed: int = 1, resolution: 
     return mmd_rbf(gen, x[torch.randperm(len(x), generator=g)[:n]])
 
 
-def train_flow(cfg) -> dict:
-    "Train or fine-tune the digits flow with CFM through `Trainer`; returns the last metrics + MMD."
+def train_flow(cfg) -> TrainResult:
+    "Train or fine-tune the digits flow with CFM through `Trainer`; the summary holds the last metrics + MMD."
     if cfg.init == "pretrained":
         if cfg.resolution != 8:
             raise ValueError(
@@ -478,16 +479,10 @@ def train_flow(cfg) -> dict:
         collate_fn=collate_digits,
         out_dir=cfg.out_dir,
     )
-    last = tr.fit()
+    tr.fit()
     model = tr.unwrapped.eval()
-    if cfg.out_dir:
-        tr.save_model(Path(cfg.out_dir) / "model")
-    return {
-        **last,
-        "mmd_to_data": digits_mmd(
-            model.cpu(), n=cfg.eval_size, steps=cfg.sample_steps, resolution=cfg.resolution
-        ),
-    }
+    mmd = digits_mmd(model.cpu(), n=cfg.eval_size, steps=cfg.sample_steps, resolution=cfg.resolution)
+    return TrainResult.from_trainer(tr, cfg, model=model, mmd_to_data=mmd)
 
 # %% ../../nbs/40_flow.ipynb #328f7b11
 from ..config import register_objective

@@ -77,7 +77,7 @@ def preference_metrics(chosen_rewards, rejected_rewards, chosen_logps=None, reje
     return m
 
 # %% ../../nbs/22_dpo.ipynb #80ffc827
-def check_dpo_loss(fn):
+def check_dpo_loss(fn) -> None:
     "Check `fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,)`."
     g = torch.Generator().manual_seed(0)
     x = [-torch.rand(16, generator=g) * 30 for _ in range(4)]

@@ -15,6 +15,7 @@ from ..checks import validate_same_shape, validate_positive
 from .logps import sequence_logps
 from .reference import Reference, PrecomputedReference, data_hash, eval_mode, make_reference
 from .sae import SparseAutoencoder, capture_residual, sae_hash
+from ..results import TrainResult
 
 # %% auto #0
 __all__ = ['FEATURE_SELECTS', 'FPO_LOGP_KEYS', 'pool_completion', 'feature_deviation', 'fpo_loss', 'pooled_features',
@@ -279,8 +280,8 @@ def load_fpo_sae(cfg, model=None, tokenizer=None) -> SparseAutoencoder:
     return sae.requires_grad_(False).eval()
 
 
-def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False):
-    "Train FPO with the shared Trainer (offline reference by default); returns the last logged values."
+def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False) -> TrainResult:
+    "Train FPO with the shared Trainer (offline reference by default); (result, trainer) if `return_trainer`."
     from alignbook.lm.preftrain import build_data, eval_pairs, eval_generation
     from alignbook.lm.gpoints import score_response
     from alignbook.lm.reference import auto_reference
@@ -353,12 +354,8 @@ def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False):
         eval_fn=eval_fn,
     )
     tr.fit()
-    summary = {}
-    for row in getattr(tr, "history", []):
-        summary.update(row)
-    if tr.out_dir is not None:
-        summary["final_model"] = str(tr.save_model(Path(tr.out_dir) / "final", tok))
-    return (summary, tr) if return_trainer else summary
+    res = TrainResult.from_trainer(tr, cfg, tok)
+    return (res, tr) if return_trainer else res
 
 # %% ../../nbs/27b_fpo.ipynb #7e4783b2
 def _fpo_presets():
@@ -461,19 +458,16 @@ def compare_at_equal_budget(
     return out
 
 # %% ../../nbs/27b_fpo.ipynb #b27b0332
-def check_feature_deviation(fn) -> str:
+def check_feature_deviation(fn) -> None:
     "Check a student's `fn(policy_acts, ref_acts, k) -> (B,)` (the policy's top-k, divided by k)."
     g = torch.Generator().manual_seed(5)
     p, r = torch.rand(6, 30, generator=g), torch.rand(6, 30, generator=g)
     want, got = feature_deviation(p, r, 7, "policy"), fn(p, r, 7)
     if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+        raise AssertionError(f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}")
     if torch.allclose(got, feature_deviation(p, r, 7, "reference")) and not torch.allclose(got, want):
-        return "indices taken from the reference: the public code selects the policy's top-k"
+        raise AssertionError("indices taken from the reference: the public code selects the policy's top-k")
     if torch.allclose(got * 30, want * 7):
-        return "divided by F: average over the k selected features"
-    return (
-        "correct"
-        if torch.allclose(got, want, atol=1e-6)
-        else f"wrong values: max error {(got - want).abs().max():.3g}"
-    )
+        raise AssertionError("divided by F: average over the k selected features")
+    if not torch.allclose(got, want, atol=1e-6):
+        raise AssertionError(f"wrong values: max error {(got - want).abs().max():.3g}")

@@ -62,7 +62,7 @@ def kto_balance(n_desirable, n_undesirable, desirable_weight=1.0, undesirable_we
     return r
 
 # %% ../../nbs/26_kto.ipynb #94b1bc07
-def check_kto_loss(fn):
+def check_kto_loss(fn) -> None:
     "Check `fn(logps, ref_logps, desirable, kl_logps, kl_ref_logps, beta) -> (B,)`: None, or AssertionError."
     g = torch.Generator().manual_seed(3)
     a, b, c, e = (-torch.rand(16, generator=g) * 10 for _ in range(4))

@@ -37,7 +37,7 @@ def orpo_loss(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta=0.1):
     return losses, beta * w.detach(), beta * rej.detach(), log_odds.detach()
 
 # %% ../../nbs/25_orpo.ipynb #8f188eef
-def check_orpo_loss(fn):
+def check_orpo_loss(fn) -> None:
     "Check `fn(chosen_avg_logps, rejected_avg_logps, chosen_nll, beta) -> (B,)`: None, or AssertionError."
     g = torch.Generator().manual_seed(2)
     w, rej, n = (

@@ -296,7 +296,7 @@ def grpo_loss(
     return (per_tok * m).sum() / (n.clamp(min=1.0) / num_processes)  # dapo, cispo
 
 # %% ../../nbs/31_pg.ipynb #86d782a2
-def check_grpo_advantages(fn) -> str:
+def check_grpo_advantages(fn) -> None:
     "Check a student's `fn(rewards, group_size)` against `grpo_advantages` (scale='group')."
     g = torch.Generator().manual_seed(0)
     for G in (2, 4, 8):
@@ -309,4 +309,3 @@ def check_grpo_advantages(fn) -> str:
             raise AssertionError(
                 f"G={G}: got {got.tolist()}, expected {want.tolist()} (unbiased std + 1e-4?)"
             )
-    return "correct"

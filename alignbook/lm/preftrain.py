@@ -45,7 +45,7 @@ def disable_dropout(model):
     return model
 
 # %% ../../nbs/28_preftrain.ipynb #36c7e89f
-def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = False):
+def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = False) -> TrainResult:
     "Train `cfg.objective` (dpo, ipo, simpo, orpo, kto, tdpo, sft-chosen) on the shared Trainer."
     obj = cfg.objective
     set_seed(cfg.seed)
@@ -109,7 +109,7 @@ def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = Fal
     return (res, tr) if return_trainer else res
 
 # %% ../../nbs/28_preftrain.ipynb #fc9a6146
-def train_reward(cfg, return_trainer: bool = False):
+def train_reward(cfg, return_trainer: bool = False) -> TrainResult:
     "Train a Bradley–Terry reward model (scalar head on `cfg.model`), scored by held-out pairwise accuracy."
     set_seed(cfg.seed)
     tok = load_tokenizer(cfg.model)

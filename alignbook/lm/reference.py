@@ -43,7 +43,7 @@ class Reference:
 
     @contextlib.contextmanager
     def active(self, policy, keep_mode: bool = False):
-        "Inside the block: the frozen reference (no_grad, eval mode unless `keep_mode`); policy restored after."
+        "Inside the block: the frozen reference (no_grad, eval mode unless `keep_mode`); policy after."
         with torch.no_grad(), self._swap(policy) as m:
             if keep_mode:  # the policy's own train/eval mode: identical numerics to the policy at init
                 yield m

@@ -58,7 +58,7 @@ def reward_pair_loss(model, batch):
     }
 
 # %% ../../nbs/21_reward.ipynb #8e154877
-def check_bradley_terry_loss(fn):
+def check_bradley_terry_loss(fn) -> None:
     "Check `fn(chosen_rewards, rejected_rewards) -> (B,)`: None if right, else AssertionError."
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(16, generator=g) * 3, torch.randn(16, generator=g) * 3

@@ -400,7 +400,7 @@ def _check_cfg(cfg, algo):
     parse_rules(cfg.eval_rules)
 
 
-def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start: bool = True) -> dict:
+def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start: bool = True) -> TrainResult:
     "Train `cfg.model` with `algo` (a key of ALGOS) on GeneralPoints through the shared `Trainer`."
     name = algo or cfg.objective
     _check_cfg(cfg, name)
@@ -426,7 +426,7 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
 
 # %% ../../nbs/31_rl.ipynb #cb92abe9
 def _train_fn(algo):
-    def fn(cfg):
+    def fn(cfg) -> TrainResult:
         return train_rl(cfg, algo)
 
     fn.__name__ = f"train_{algo}"
@@ -450,7 +450,7 @@ for _a, (_toy, _gpu) in ALGOS.items():
     )
 
 # %% ../../nbs/31_rl.ipynb #41416613
-def check_terminal_rewards(fn) -> str:
+def check_terminal_rewards(fn) -> None:
     "Check a student's `fn(rewards (B,), mask (B,T)) -> (B,T)` against `terminal_rewards`."
     m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     r = torch.tensor([5.0, -2.0, -1.0])
@@ -460,4 +460,3 @@ def check_terminal_rewards(fn) -> str:
             f"got {torch.as_tensor(got).tolist()}, expected {want.tolist()} "
             "(last *active* token, prompts may be masked on the left)"
         )
-    return "correct"

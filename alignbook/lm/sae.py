@@ -11,6 +11,7 @@ import torch.nn as nn
 from safetensors.torch import save_file, load_file
 from ..config import register_objective
 from .reference import weights_hash
+from ..results import TrainResult
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'SAE_TOY', 'SAE_GPU', 'topk_relu', 'jump_relu', 'SparseAutoencoder', 'sae_loss', 'sae_metrics',
@@ -300,7 +301,7 @@ def sae_token_batches(cfg, tok, n_pairs: int | None = None, seed: int = 0):
     return [collate_preference(rows[i : i + bs], tok.pad_token_id) for i in range(0, len(rows), bs)]
 
 
-def train_sae(cfg, model=None, tokenizer=None) -> dict:
+def train_sae(cfg, model=None, tokenizer=None) -> TrainResult:
     "Train an SAE on `cfg.model`'s residual stream after block `cfg.layer`, saved under cfg.out_dir."
     from alignbook.models import load_policy, default_device
     from alignbook.train import set_seed
@@ -334,10 +335,12 @@ def train_sae(cfg, model=None, tokenizer=None) -> dict:
         **{f"eval/{k}": v for k, v in sae_metrics(sae.cpu(), eval_x.cpu()).items()},
     }
     sae = sae.cpu().requires_grad_(False).eval()
+    final = None
     if cfg.out_dir:
         meta = dict(hook_name=f"blocks.{cfg.layer}.hook_resid_post", model_name=str(cfg.model), alignbook=out)
-        out["sae_path"] = str(save_sae(sae, Path(cfg.out_dir) / "sae", **meta))
-    return {**out, "model": sae, "history": hist}  # the CLI prints all but `model` and `history`
+        final = save_sae(sae, Path(cfg.out_dir) / "sae", **meta)
+        out["sae_path"] = str(final)
+    return TrainResult(cfg.out_dir, final, {**out, "steps": cfg.max_steps}, hist, model=sae)
 
 
 SAE_TOY = dict(
@@ -379,15 +382,14 @@ register_objective(
 )
 
 # %% ../../nbs/27a_sae.ipynb #a944b3be
-def check_topk_relu(fn) -> str:
+def check_topk_relu(fn) -> None:
     "Check a student's `fn(pre, k)`: top-k per row, ReLU'd, zeros elsewhere."
     g = torch.Generator().manual_seed(3)
     pre = torch.randn(5, 7, 20, generator=g)
     want, got = topk_relu(pre, 4), fn(pre, 4)
     if got.shape != want.shape:
-        return f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}"
+        raise AssertionError(f"wrong shape {tuple(got.shape)}, want {tuple(want.shape)}")
     if (got < 0).any():
-        return "negative activations: apply a ReLU to the kept values"
-    return (
-        "correct" if torch.allclose(got, want) else f"wrong values: max error {(got - want).abs().max():.3g}"
-    )
+        raise AssertionError("negative activations: apply a ReLU to the kept values")
+    if not torch.allclose(got, want):
+        raise AssertionError(f"wrong values: max error {(got - want).abs().max():.3g} (keep the k largest)")

@@ -126,7 +126,7 @@ register_objective(
 )
 
 # %% ../../nbs/10_sft.ipynb #a6c4c464
-def check_sft_loss(fn):
+def check_sft_loss(fn) -> None:
     "Check `fn(token_logps, mask) -> (B,)` against `sft_loss`: None if right, else AssertionError."
     g = torch.Generator().manual_seed(0)
     lp = -torch.rand(3, 6, generator=g) * 3

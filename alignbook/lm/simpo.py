@@ -22,7 +22,7 @@ def simpo_loss(chosen_avg_logps, rejected_avg_logps, beta=2.0, gamma=0.5):
     return losses, beta * chosen_avg_logps.detach(), beta * rejected_avg_logps.detach()
 
 # %% ../../nbs/24_simpo.ipynb #afc38fe1
-def check_simpo_loss(fn):
+def check_simpo_loss(fn) -> None:
     "Check `fn(chosen_avg_logps, rejected_avg_logps, beta, gamma) -> (B,)`: None, or AssertionError."
     g = torch.Generator().manual_seed(1)
     w, rej = -torch.rand(16, generator=g) * 3, -torch.rand(16, generator=g) * 3

@@ -45,7 +45,7 @@ def tdpo_loss(
     return -F.logsigmoid(u), beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 # %% ../../nbs/27_tdpo.ipynb #8dc20542
-def check_sequential_kl(fn):
+def check_sequential_kl(fn) -> None:
     "Check `fn(logits, ref_logits, mask) -> (B,)`: None if right, else AssertionError."
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(3, 6, 9, generator=g), torch.randn(3, 6, 9, generator=g)

@@ -76,7 +76,7 @@ def hidden_grpo_loss(ns):
     with using(
         ns, k3_kl=lib.k3_kl, grpo_per_token_loss=lib.grpo_per_token_loss, ppo_clip_loss=lib.ppo_clip_loss
     ):
-        for lt in lib.LOSS_TYPES:
+        for lt in lib.GRPO_LOSS_TYPES:
             for kw in (dict(old_logps=None), dict(old_logps=old, beta=0.04, ref_logps=refl)):
                 got = fn(logps, advantages=adv, mask=mask, loss_type=lt, **kw)
                 lp2 = logps.detach().requires_grad_()
