@@ -15,6 +15,7 @@ from ..checks import validate_same_shape, validate_positive
 from .logps import sequence_logps
 from .reference import Reference, PrecomputedReference, data_hash, eval_mode, make_reference
 from .sae import SparseAutoencoder, capture_residual, sae_hash
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['FEATURE_SELECTS', 'FPO_LOGP_KEYS', 'pool_completion', 'feature_deviation', 'fpo_loss', 'pooled_features',
@@ -279,6 +280,7 @@ def load_fpo_sae(cfg, model=None, tokenizer=None) -> SparseAutoencoder:
     return sae.requires_grad_(False).eval()
 
 
+@dry_runnable("train")
 def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False):
     "Train FPO with the shared Trainer (offline reference by default); returns the last logged values."
     from alignbook.lm.preftrain import build_data, eval_pairs, eval_generation
@@ -401,6 +403,7 @@ register_objective(
 )
 
 # %% ../../nbs/27b_fpo.ipynb #2751481c
+@dry_runnable("compare")
 def compare_at_equal_budget(
     budget: dict,
     objectives=("dpo", "simpo", "tdpo"),
