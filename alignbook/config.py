@@ -409,6 +409,9 @@ def chapter_overrides(name: str, preset: str | None = None) -> dict:
     return copy.deepcopy(CHAPTERS[name][resolve_preset(preset)])
 
 
+_RL_GPU = "1 GPU, 80 GB (policy, reference and sampling of a 1.5B model)"
+_GEMMA = "the gated google/gemma-2-2b (accept its licence on the Hub, then `huggingface-cli login`)"
+_SD = "the Stable Diffusion 1.5 weights (CreativeML OpenRAIL-M licence)"
 _PAIRED_TOY = dict(max_steps=40, batch_size=8, lr=1e-4, n_train=400, n_eval=64)
 register_chapter(
     "21_reward", "reward", toy=dict(max_steps=80, n_train=1280, n_eval=128, n_gen=0), gpu=dict(n_gen=0)
@@ -421,7 +424,7 @@ register_chapter(
     "fpo",
     toy=dict(_PAIRED_TOY, n_gen=48, log_every=2, seed=0),
     hardware="1 GPU, 40 GB",
-    needs="the gated google/gemma-2-2b and its Gemma Scope SAE (accept the licence on the Hub, `huggingface-cli login`)",
+    needs=_GEMMA,
 )
 register_chapter(  # a short live run beside the recorded comparison
     "27b_fpo/live",
@@ -430,45 +433,50 @@ register_chapter(  # a short live run beside the recorded comparison
     gpu=dict(max_steps=3, n_train=48, n_eval=16, n_gen=4),
     hardware="1 GPU, 40 GB",
 )
-register_chapter("31_rl", "grpo", toy=dict(max_steps=6, eval_every=3, eval_size=32, hands_per_step=4))
+register_chapter(
+    "31_rl", "grpo", toy=dict(max_steps=6, eval_every=3, eval_size=32, hands_per_step=4), hardware=_RL_GPU
+)
 register_chapter("40_flow", "flow", toy=dict(max_steps=20))
 register_chapter(
     "41a_image_preftrain", "diffusion-sft", toy=dict(n_pairs=128, max_steps=10, eval_size=100, log_every=5)
 )
-register_chapter(
-    "42_diffusion_dpo", "diffusion-dpo", needs="the Stable Diffusion 1.5 licence (CreativeML OpenRAIL-M)"
-)
-register_chapter("43_mapo", "mapo", needs="the Stable Diffusion 1.5 licence (CreativeML OpenRAIL-M)")
-register_chapter(
-    "44_diffusion_kto", "diffusion-kto", needs="the Stable Diffusion 1.5 licence (CreativeML OpenRAIL-M)"
-)
-register_chapter("10_sft", "sft")
+register_chapter("42_diffusion_dpo", "diffusion-dpo", needs=_SD)
+register_chapter("43_mapo", "mapo", needs=_SD)
+register_chapter("44_diffusion_kto", "diffusion-kto", needs=_SD)
+register_chapter("10_sft", "sft", hardware="1 GPU, 40 GB")
 register_chapter("24_simpo", "simpo")
 register_chapter("25_orpo", "orpo")
 register_chapter("26_kto", "kto")
 register_chapter("27_tdpo", "tdpo")
-register_chapter("27a_sae", "sae")
+register_chapter("27a_sae", "sae", hardware="1 GPU, 40 GB", needs=_GEMMA)
 # the RL studies: budgets in rounds (optimizer steps), hands per round and evaluation hands
 register_chapter(
     "33_gspo_cispo",
     "gspo",
     toy=dict(rounds=6, hands=4, eval_n=48),
     gpu=dict(rounds=100, hands=16, eval_n=234),
+    hardware=_RL_GPU,
 )
 register_chapter(
     "34_distill",
     "distill",
     toy=dict(sft_steps=30, rounds=5, eval_n=40),
     gpu=dict(sft_steps=400, rounds=100, eval_n=234),
+    hardware=_RL_GPU,
 )
 register_chapter(
     "35_online_dpo",
     "online-dpo",
     toy=dict(rounds=8, hands=16, eval_n=48),
     gpu=dict(rounds=200, hands=32, eval_n=234),
+    hardware=_RL_GPU,
 )
 register_chapter(
-    "39_compare_pg", "grpo", toy=dict(rounds=4, hands=4, eval_n=32), gpu=dict(rounds=200, hands=8, eval_n=234)
+    "39_compare_pg",
+    "grpo",
+    toy=dict(rounds=4, hands=4, eval_n=32),
+    gpu=dict(rounds=200, hands=8, eval_n=234),
+    hardware=_RL_GPU,
 )
 
 # %% ../nbs/00_config.ipynb #59ce9eb6
