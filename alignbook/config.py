@@ -443,11 +443,8 @@ register_chapter(
 register_chapter("42_diffusion_dpo", "diffusion-dpo", needs=_SD)
 register_chapter("43_mapo", "mapo", needs=_SD)
 register_chapter("44_diffusion_kto", "diffusion-kto", needs=_SD)
+register_chapter("49_compare_diffusion", "mapo", needs=_SD)  # every image objective at the same budget
 register_chapter("10_sft", "sft", hardware="1 GPU, 40 GB")
-register_chapter("24_simpo", "simpo")
-register_chapter("25_orpo", "orpo")
-register_chapter("26_kto", "kto")
-register_chapter("27_tdpo", "tdpo")
 register_chapter("27a_sae", "sae", hardware="1 GPU, 40 GB", needs=_GEMMA)
 # the RL studies: budgets in rounds (optimizer steps), hands per round and evaluation hands
 register_chapter(
