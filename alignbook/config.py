@@ -438,7 +438,10 @@ register_chapter(
 )
 register_chapter("40_flow", "flow", toy=dict(max_steps=20))
 register_chapter(
-    "41a_image_preftrain", "diffusion-sft", toy=dict(n_pairs=128, max_steps=10, eval_size=100, log_every=5)
+    "41a_image_preftrain",
+    "diffusion-sft",
+    toy=dict(n_pairs=128, max_steps=10, eval_size=100, log_every=5),
+    needs=_SD,
 )
 register_chapter("42_diffusion_dpo", "diffusion-dpo", needs=_SD)
 register_chapter("43_mapo", "mapo", needs=_SD)
@@ -473,6 +476,51 @@ register_chapter(
     "grpo",
     toy=dict(rounds=4, hands=4, eval_n=32),
     gpu=dict(rounds=200, hands=8, eval_n=234),
+    hardware=_RL_GPU,
+)
+register_chapter(  # SFT then RL on GeneralPoints, and the ablations beside them
+    "32_sft_vs_rl",
+    "grpo",
+    toy=dict(
+        eval_n=64,
+        sft_data=1280,
+        sft_init_steps=40,
+        sft_more_steps=40,
+        sft_eval_every=20,
+        sft_lr=5e-4,
+        sft_batch=16,
+        rl_rounds=8,
+        rl_eval_every=4,
+        hands_per_step=8,
+        group_size=8,
+        rl_temperature=0.7,
+        rl_lr=1e-4,
+        attempts=(1, 3, 5),
+        abl_rounds=2,
+        abl_hands=4,
+        abl_eval_n=48,
+        base_rl_rounds=4,
+    ),
+    gpu=dict(
+        eval_n=234,
+        sft_data=50000,
+        sft_init_steps=100,
+        sft_more_steps=400,
+        sft_eval_every=100,
+        sft_lr=1e-5,
+        sft_batch=16,
+        rl_rounds=200,
+        rl_eval_every=50,
+        hands_per_step=8,
+        group_size=8,
+        rl_temperature=1.0,
+        rl_lr=1e-5,
+        attempts=(1, 3, 5),
+        abl_rounds=100,
+        abl_hands=8,
+        abl_eval_n=234,
+        base_rl_rounds=100,
+    ),
     hardware=_RL_GPU,
 )
 

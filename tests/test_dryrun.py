@@ -14,6 +14,8 @@ TRAINING = sorted(k for k, t in CHAPTERS.items() if t["objective"] and "/" not i
 # keys a call sets itself, beyond the chapter's table (out_dir everywhere: each run writes where it likes)
 CALL_SETS = {
     "10_sft": {"dataset", "max_steps", "eval_every", "eval_size"},  # the ID vs OOD runs of the chapter
+    "32_sft_vs_rl": {"model", "max_steps", "eval_every", "eval_size", "max_attempts", "temperature", "lr"}
+    | {"hands_per_step"},  # RL from the SFT checkpoint and the ablations, from the study's table
     "34_distill": {"teacher", "divergence", "max_steps", "eval_every", "eval_size"},  # rounds, eval_n
     "35_online_dpo": {"max_steps", "hands_per_step", "group_size", "eval_every", "eval_size"},
     "33_gspo_cispo": {"importance_level", "loss_type", "eps_low", "eps_high", "num_minibatches", "max_steps"}
