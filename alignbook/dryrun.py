@@ -98,7 +98,14 @@ def record_call(kind: str, name: str, config: dict | None = None, **info) -> dic
     return row
 
 
-def dry_runnable(kind: str):
+def _n_outputs(outputs, kw) -> int:
+    "How many values the real call would return: `outputs`, or the first flag kwarg it names that is set."
+    if isinstance(outputs, int):
+        return outputs
+    return 2 if any(kw.get(flag) for flag in outputs) else 1
+
+
+def dry_runnable(kind: str, outputs: int | tuple[str, ...] = 1):
     "Decorator: in a dry run, record the call (kind, name, config, string args); return a Placeholder."
 
     def decorate(fn):
@@ -107,8 +114,16 @@ def dry_runnable(kind: str):
             if not is_dry_run():
                 return fn(*args, **kw)
             names = [a for a in (*args, *kw.values()) if isinstance(a, (str, Path))]
-            record_call(kind, fn.__name__, _config_of(args, kw), args=[str(n) for n in names])
-            return Placeholder(fn.__name__)
+            config = _config_of(args, kw)
+            budget = next((a for a in (*args, *kw.values()) if isinstance(a, dict)), None)
+            extra = {} if config is not None or budget is None else {"budget": json.loads(json.dumps(budget))}
+            record_call(kind, fn.__name__, config, args=[str(n) for n in names], **extra)
+            n = _n_outputs(outputs, kw)
+            return (
+                Placeholder(fn.__name__)
+                if n == 1
+                else tuple(Placeholder(f"{fn.__name__}[{i}]") for i in range(n))
+            )
 
         wrapper.dry_run_kind = kind
         return wrapper

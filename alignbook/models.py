@@ -177,7 +177,7 @@ def default_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@dry_runnable("load")
+@dry_runnable("load", outputs=2)
 def load_policy(cfg, model: str | None = None):
     "(model, tokenizer) for `cfg`: weights from `cfg.model`, dtype from `cfg.mixed_precision`, LoRA if `cfg.lora`."
     name = model or cfg.model

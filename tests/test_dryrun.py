@@ -33,7 +33,11 @@ def _jsonable(d):
 def check_chapter(chapter: str, records: list[dict]):
     "Every train call the chapter made got its objective's gpu preset plus the chapter's gpu table."
     trains = [r for r in records if r["kind"] == "train" and r["config"]]
-    assert trains, f"{chapter}: no train call recorded"
+    compares = [r for r in records if r["kind"] == "compare"]
+    assert trains or compares, f"{chapter}: no train call recorded"
+    tables = [chapter_overrides(k, "gpu") for k in CHAPTERS if k == chapter or k.startswith(chapter + "/")]
+    for r in compares:  # a comparison gets the chapter's budget (a table) or the preset's name
+        assert r.get("budget") in tables if "budget" in r else "gpu" in r["args"], f"{chapter}: {r}"
     for r in trains:
         got = r["config"]
         keys = set(get_config(got["objective"], "gpu"))
@@ -69,6 +73,10 @@ def test_check_catches_an_inline_override():
         check_chapter("22_dpo", [bad])
     with pytest.raises(AssertionError, match="no train call"):
         check_chapter("22_dpo", [])
+    live = {"kind": "compare", "name": "compare_at_equal_budget", "config": None, "args": []}
+    check_chapter("27b_fpo", [{**live, "budget": chapter_overrides("27b_fpo/live", "gpu")}])
+    with pytest.raises(AssertionError, match="27b_fpo"):
+        check_chapter("27b_fpo", [{**live, "budget": chapter_overrides("27b_fpo/live", "toy")}])
 
 
 @SLOW

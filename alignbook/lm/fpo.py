@@ -280,7 +280,7 @@ def load_fpo_sae(cfg, model=None, tokenizer=None) -> SparseAutoencoder:
     return sae.requires_grad_(False).eval()
 
 
-@dry_runnable("train")
+@dry_runnable("train", outputs=("return_trainer",))
 def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False):
     "Train FPO with the shared Trainer (offline reference by default); returns the last logged values."
     from alignbook.lm.preftrain import build_data, eval_pairs, eval_generation

@@ -46,7 +46,7 @@ def disable_dropout(model):
     return model
 
 # %% ../../nbs/28_preftrain.ipynb #36c7e89f
-@dry_runnable("train")
+@dry_runnable("train", outputs=("return_trainer",))
 def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = False):
     "Train `cfg.objective` (dpo, ipo, simpo, orpo, kto, tdpo, sft-chosen) on the shared Trainer."
     obj = cfg.objective
@@ -111,7 +111,7 @@ def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = Fal
     return (res, tr) if return_trainer else res
 
 # %% ../../nbs/28_preftrain.ipynb #fc9a6146
-@dry_runnable("train")
+@dry_runnable("train", outputs=("return_trainer",))
 def train_reward(cfg, return_trainer: bool = False):
     "Train a Bradley–Terry reward model (scalar head on `cfg.model`), scored by held-out pairwise accuracy."
     set_seed(cfg.seed)
