@@ -34,6 +34,8 @@ def check_chapter(chapter: str, records: list[dict]):
     "Every train call the chapter made got its objective's gpu preset plus the chapter's gpu table."
     trains = [r for r in records if r["kind"] == "train" and r["config"]]
     compares = [r for r in records if r["kind"] == "compare"]
+    if not trains and not compares:  # a chapter that fits in its own cells (27a's SAEs): what it loads
+        trains = [r for r in records if r["kind"] == "load" and r["config"]]
     assert trains or compares, f"{chapter}: no train call recorded"
     tables = [chapter_overrides(k, "gpu") for k in CHAPTERS if k == chapter or k.startswith(chapter + "/")]
     for r in compares:  # a comparison gets the chapter's budget (a table) or the preset's name
