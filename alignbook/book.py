@@ -8,7 +8,7 @@ import copy, fnmatch, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PARTS', 'prepare', 'tidy', 'site_copy', 'site_sources', 'render_site', 'write_back', 'build_book']
+__all__ = ['PARTS', 'prepare', 'tidy', 'site_copy', 'site_sources', 'render_site', 'write_back', 'build_book', 'dry_run_book']
 
 # %% ../nbs/91_book.ipynb #d4abe73c
 def _flags(src: str) -> set[str]:
@@ -70,7 +70,7 @@ def _kernel_env(threads: int) -> dict:
     return env
 
 
-def _execute(nb, path: Path, timeout: int, threads: int = 1):
+def _execute(nb, path: Path, timeout: int, threads: int = 1, allow_errors: bool = False, env=None):
     "Execute `nb` in place in a fresh ipc kernel in `path`'s folder; `skip_execution` cells stay unexecuted."
     import nbformat
     from nbclient import NotebookClient
@@ -85,12 +85,16 @@ def _execute(nb, path: Path, timeout: int, threads: int = 1):
     nb.cells.insert(0, setup)
     with tempfile.TemporaryDirectory(prefix="alignbook-kernel-") as tmp:
         client = NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            allow_errors=allow_errors,
+            resources={"metadata": {"path": str(path.parent)}},
         )
         km = client.create_kernel_manager()  # nbclient's own (async) manager: it shuts the kernel down
         km.transport, km.connection_file = "ipc", str(Path(tmp) / "kernel.json")
         try:
-            client.execute(env=_kernel_env(threads))
+            client.execute(env={**_kernel_env(threads), **(env or {})})
         finally:
             nb.cells.remove(setup)
             for c in skipped:
@@ -328,3 +332,40 @@ def build_book(
         index = render_site(site_sources(chapters, out / ".site-src", readme), out)
         print(f"site: {index}", flush=True)
     return results
+
+# %% ../nbs/91_book.ipynb #d7e1a002
+def dry_run_book(
+    preset: str = "gpu",
+    nbs="nbs",
+    out=None,
+    only: list[str] | None = None,
+    timeout: int = 120,
+    jobs: int = 2,
+) -> dict[str, list[dict]]:
+    "Execute notebooks with `$ALIGNBOOK_DRY_RUN=1` (errors allowed, no site); {notebook stem: records}."
+    import nbformat
+    from concurrent.futures import ThreadPoolExecutor
+    from alignbook.dryrun import DRY_RUN_VAR, LOG_VAR, read_records
+
+    nbs = Path(nbs)
+    out = Path(out or tempfile.mkdtemp(prefix="alignbook-dryrun-"))
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in nbs.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    if only is not None:
+        files = [p for p in files if any(fnmatch.fnmatch(p.name, pat) or pat in p.name for pat in only)]
+
+    def one(p: Path) -> tuple[str, list[dict]]:
+        log = out / f"{p.stem}.jsonl"
+        log.unlink(missing_ok=True)
+        nb = prepare(nbformat.read(p, as_version=4), preset)
+        env = {DRY_RUN_VAR: "1", LOG_VAR: str(log), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        t0 = time.time()
+        try:
+            _execute(nb, p, timeout, 1, allow_errors=True, env=env)
+        except Exception as e:  # a cell past its timeout: keep what was recorded
+            print(f"ERR {p.name}: {type(e).__name__}", flush=True)
+        print(f"dry {time.time() - t0:6.1f}s  {p.name}: {len(read_records(log))} records", flush=True)
+        return p.stem, read_records(log)
+
+    with ThreadPoolExecutor(max(1, jobs)) as ex:
+        return dict(ex.map(one, files))

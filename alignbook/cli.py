@@ -207,8 +207,17 @@ def cmd_build_base(args) -> int:
 
 
 def cmd_book(args) -> int:
-    from alignbook.book import build_book
+    from alignbook.book import build_book, dry_run_book
 
+    if args.dry_run:
+        recs = dry_run_book(args.preset, args.nbs, out=args.out + "-dry-run", only=args.only, jobs=args.jobs)
+        for nb, rows in recs.items():
+            for r in rows:
+                c = r["config"] or {}
+                print(
+                    f"{nb:24s} {r['kind']:8s} {r['name']:24s} {c.get('model', '')} {c.get('dataset') or ''}"
+                )
+        return 0
     res = build_book(
         preset=args.preset,
         nbs=args.nbs,
@@ -322,6 +331,11 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--write-back", action="store_true", help="write the outputs back into nbs/*.ipynb")
     b.add_argument("--no-site", action="store_true", help="execute only; do not render the site")
+    b.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="record what each train/eval/load call would get, without training (ALIGNBOOK_DRY_RUN=1)",
+    )
     b.set_defaults(fn=cmd_book)
     _course_parsers(sub)
     bb = sub.add_parser("build-base", help="rebuild the pretrained toy base model bit for bit")

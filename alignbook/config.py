@@ -10,10 +10,11 @@ from typing import Any, Callable
 
 # %% auto #0
 __all__ = ['PRESETS', 'COMMON', 'GPU_COMMON', 'OBJECTIVES', 'ALIASES', 'BENCHMARKS', 'EVALUATORS', 'STUDIES', 'SCHEDULERS',
-           'CONSTRAINTS', 'NULLABLE', 'LIST_OR_STR', 'SYNTHETIC_DATASETS', 'RESUMABLE_KEYS', 'Config', 'Objective',
-           'register_objective', 'register_benchmark', 'register_evaluator', 'register_study', 'load_plugins',
-           'resolve_preset', 'canonical_objective', 'get_config', 'parse_value', 'parse_overrides', 'validate_override',
-           'validate_dataset_name', 'config_diff', 'check_layering']
+           'CONSTRAINTS', 'NULLABLE', 'LIST_OR_STR', 'SYNTHETIC_DATASETS', 'RESUMABLE_KEYS', 'CHAPTERS', 'Config',
+           'Objective', 'register_objective', 'register_benchmark', 'register_evaluator', 'register_study',
+           'load_plugins', 'resolve_preset', 'canonical_objective', 'get_config', 'parse_value', 'parse_overrides',
+           'validate_override', 'validate_dataset_name', 'config_diff', 'register_chapter', 'chapter_overrides',
+           'check_layering']
 
 # %% ../nbs/00_config.ipynb #032e4fb9
 PRESETS = ("toy", "gpu")
@@ -389,6 +390,148 @@ def config_diff(saved: dict, new: dict, ignore=RESUMABLE_KEYS) -> dict:
     return {
         k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)
     }
+
+# %% ../nbs/00_config.ipynb #c7a91e02
+CHAPTERS: dict[str, dict] = {}
+
+
+def register_chapter(
+    name: str,
+    objective: str | None = None,
+    *,
+    toy: dict | None = None,
+    gpu: dict | None = None,
+    hardware: str = "1 GPU, 24 GB",
+    needs: str = "",
+):
+    "Record a chapter's own run settings (beside its objective's presets) and its gpu run's hardware."
+    CHAPTERS[name] = dict(
+        objective=objective, toy=dict(toy or {}), gpu=dict(gpu or {}), hardware=hardware, needs=needs
+    )
+    return CHAPTERS[name]
+
+
+def chapter_overrides(name: str, preset: str | None = None) -> dict:
+    "The settings chapter `name` runs with in `preset`, on top of its objective's preset (a copy)."
+    if name not in CHAPTERS:
+        raise ValueError(f"no chapter table {name!r}; registered: {', '.join(sorted(CHAPTERS))}")
+    return copy.deepcopy(CHAPTERS[name][resolve_preset(preset)])
+
+
+_RL_GPU = "1 GPU, 80 GB (policy, reference and sampling of a 1.5B model)"
+_GEMMA = "the gated google/gemma-2-2b (accept its licence on the Hub, then `huggingface-cli login`)"
+_SD = "the Stable Diffusion 1.5 weights (CreativeML OpenRAIL-M licence)"
+_PAIRED_TOY = dict(max_steps=40, batch_size=8, lr=1e-4, n_train=400, n_eval=64)
+register_chapter(
+    "21_reward", "reward", toy=dict(max_steps=80, n_train=1280, n_eval=128, n_gen=0), gpu=dict(n_gen=0)
+)
+register_chapter("22_dpo", "dpo", toy=dict(_PAIRED_TOY, n_gen=32, log_every=5))
+register_chapter("28_preftrain", "dpo", toy=dict(max_steps=50, n_gen=32))
+register_chapter("29_compare_lm", "dpo", toy=dict(_PAIRED_TOY, n_gen=48, log_every=10, seed=0))
+register_chapter(
+    "27b_fpo",
+    "fpo",
+    toy=dict(_PAIRED_TOY, n_gen=48, log_every=2, seed=0),
+    hardware="1 GPU, 40 GB",
+    needs=_GEMMA,
+)
+register_chapter(  # a short live run beside the recorded comparison
+    "27b_fpo/live",
+    "fpo",
+    toy=dict(_PAIRED_TOY, n_gen=4, log_every=2, seed=0, max_steps=3, n_train=48, n_eval=16),
+    gpu=dict(max_steps=3, n_train=48, n_eval=16, n_gen=4),
+    hardware="1 GPU, 40 GB",
+)
+register_chapter(
+    "31_rl", "grpo", toy=dict(max_steps=6, eval_every=3, eval_size=32, hands_per_step=4), hardware=_RL_GPU
+)
+register_chapter("40_flow", "flow", toy=dict(max_steps=20))
+register_chapter(
+    "41a_image_preftrain",
+    "diffusion-sft",
+    toy=dict(n_pairs=128, max_steps=10, eval_size=100, log_every=5),
+    needs=_SD,
+)
+register_chapter("42_diffusion_dpo", "diffusion-dpo", needs=_SD)
+register_chapter("43_mapo", "mapo", needs=_SD)
+register_chapter("44_diffusion_kto", "diffusion-kto", needs=_SD)
+register_chapter("49_compare_diffusion", "mapo", needs=_SD)  # every image objective at the same budget
+register_chapter("10_sft", "sft", hardware="1 GPU, 40 GB")
+register_chapter("27a_sae", "sae", hardware="1 GPU, 40 GB", needs=_GEMMA)
+# the RL studies: budgets in rounds (optimizer steps), hands per round and evaluation hands
+register_chapter(
+    "33_gspo_cispo",
+    "gspo",
+    toy=dict(rounds=6, hands=4, eval_n=48),
+    gpu=dict(rounds=100, hands=16, eval_n=234),
+    hardware=_RL_GPU,
+)
+register_chapter(
+    "34_distill",
+    "distill",
+    toy=dict(sft_steps=30, rounds=5, eval_n=40),
+    gpu=dict(sft_steps=400, rounds=100, eval_n=234),
+    hardware=_RL_GPU,
+)
+register_chapter(
+    "35_online_dpo",
+    "online-dpo",
+    toy=dict(rounds=8, hands=16, eval_n=48),
+    gpu=dict(rounds=200, hands=32, eval_n=234),
+    hardware=_RL_GPU,
+)
+register_chapter(
+    "39_compare_pg",
+    "grpo",
+    toy=dict(rounds=4, hands=4, eval_n=32),
+    gpu=dict(rounds=200, hands=8, eval_n=234),
+    hardware=_RL_GPU,
+)
+register_chapter(  # SFT then RL on GeneralPoints, and the ablations beside them
+    "32_sft_vs_rl",
+    "grpo",
+    toy=dict(
+        eval_n=64,
+        sft_data=1280,
+        sft_init_steps=40,
+        sft_more_steps=40,
+        sft_eval_every=20,
+        sft_lr=5e-4,
+        sft_batch=16,
+        rl_rounds=8,
+        rl_eval_every=4,
+        hands_per_step=8,
+        group_size=8,
+        rl_temperature=0.7,
+        rl_lr=1e-4,
+        attempts=(1, 3, 5),
+        abl_rounds=2,
+        abl_hands=4,
+        abl_eval_n=48,
+        base_rl_rounds=4,
+    ),
+    gpu=dict(
+        eval_n=234,
+        sft_data=50000,
+        sft_init_steps=100,
+        sft_more_steps=400,
+        sft_eval_every=100,
+        sft_lr=1e-5,
+        sft_batch=16,
+        rl_rounds=200,
+        rl_eval_every=50,
+        hands_per_step=8,
+        group_size=8,
+        rl_temperature=1.0,
+        rl_lr=1e-5,
+        attempts=(1, 3, 5),
+        abl_rounds=100,
+        abl_hands=8,
+        abl_eval_n=234,
+        base_rl_rounds=100,
+    ),
+    hardware=_RL_GPU,
+)
 
 # %% ../nbs/00_config.ipynb #59ce9eb6
 def check_layering(fn: Callable) -> None:

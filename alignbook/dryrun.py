@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DRY_RUN_VAR', 'LOG_VAR', 'RECORDS', 'is_dry_run', 'Placeholder', 'record_call', 'dry_runnable', 'read_records']
+__all__ = ['DRY_RUN_VAR', 'LOG_VAR', 'RECORDS', 'is_dry_run', 'Placeholder', 'record_call', 'dry_runnable', 'read_records',
+           'gpu_plan']
 
 # %% ../nbs/00b_dryrun.ipynb #32d98d60
 DRY_RUN_VAR = "ALIGNBOOK_DRY_RUN"
@@ -97,7 +98,14 @@ def record_call(kind: str, name: str, config: dict | None = None, **info) -> dic
     return row
 
 
-def dry_runnable(kind: str):
+def _n_outputs(outputs, kw) -> int:
+    "How many values the real call would return: `outputs`, or the first flag kwarg it names that is set."
+    if isinstance(outputs, int):
+        return outputs
+    return 2 if any(kw.get(flag) for flag in outputs) else 1
+
+
+def dry_runnable(kind: str, outputs: int | tuple[str, ...] = 1):
     "Decorator: in a dry run, record the call (kind, name, config, string args); return a Placeholder."
 
     def decorate(fn):
@@ -106,8 +114,16 @@ def dry_runnable(kind: str):
             if not is_dry_run():
                 return fn(*args, **kw)
             names = [a for a in (*args, *kw.values()) if isinstance(a, (str, Path))]
-            record_call(kind, fn.__name__, _config_of(args, kw), args=[str(n) for n in names])
-            return Placeholder(fn.__name__)
+            config = _config_of(args, kw)
+            budget = next((a for a in (*args, *kw.values()) if isinstance(a, dict)), None)
+            extra = {} if config is not None or budget is None else {"budget": json.loads(json.dumps(budget))}
+            record_call(kind, fn.__name__, config, args=[str(n) for n in names], **extra)
+            n = _n_outputs(outputs, kw)
+            return (
+                Placeholder(fn.__name__)
+                if n == 1
+                else tuple(Placeholder(f"{fn.__name__}[{i}]") for i in range(n))
+            )
 
         wrapper.dry_run_kind = kind
         return wrapper
@@ -121,3 +137,47 @@ def read_records(path) -> list[dict]:
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+# %% ../nbs/00b_dryrun.ipynb #e5b2c002
+def _plan_row(name: str, table: dict) -> list[str]:
+    from alignbook.config import get_config
+
+    keys = set(get_config(table["objective"], "gpu"))
+    over = table["gpu"]
+    c = get_config(table["objective"], "gpu", **{k: v for k, v in over.items() if k in keys})
+    steps = over.get("rounds", c.max_steps)
+    if "hands_per_step" in c:
+        batch = f"{over.get('hands', c.hands_per_step)} hands × {c.group_size}"
+    else:
+        batch = f"{c.batch_size} × {c.grad_accum}"
+    data = c.dataset or ("GeneralPoints (generated)" if "hands_per_step" in c else "")
+    extra = {k: v for k, v in over.items() if k in keys}
+    extra.update(
+        {key: over[k] for k, key in (("rounds", "max_steps"), ("hands", "hands_per_step")) if k in over}
+    )
+    cmd = (
+        f"`alignbook train {c.objective} --preset gpu" + "".join(f" {k}={v}" for k, v in extra.items()) + "`"
+    )
+    return [
+        name,
+        c.objective,
+        f"`{c.model}`",
+        f"`{data}`",
+        f"{steps:,}",
+        batch,
+        table["hardware"],
+        table["needs"],
+        cmd,
+    ]
+
+
+def gpu_plan(chapters=None) -> str:
+    "A Markdown table: per chapter, the model, data, steps, batch and hardware of its gpu run."
+    from alignbook.config import CHAPTERS
+
+    head = ["chapter", "objective", "model", "data", "steps", "batch", "hardware", "also needs", "command"]
+    rows = [head, ["---"] * len(head)]
+    for name in sorted(chapters or CHAPTERS):
+        if CHAPTERS[name]["objective"] is not None and "/" not in name:
+            rows.append(_plan_row(name, CHAPTERS[name]))
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)

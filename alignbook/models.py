@@ -4,6 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #242c5c6e
 from __future__ import annotations
+from .dryrun import dry_runnable
 import os, contextlib
 from pathlib import Path
 import torch
@@ -118,6 +119,7 @@ def resolve_model_path(name_or_path: str) -> str:
 DTYPES = {"no": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@dry_runnable("load")
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     "Tokenizer for a zoo name, a local directory or a Hub id, with a pad token guaranteed."
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
@@ -131,6 +133,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tok
 
 
+@dry_runnable("load")
 def load_causal_lm(
     name_or_path: str,
     dtype: torch.dtype | str | None = None,
@@ -175,6 +178,7 @@ def default_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@dry_runnable("load", outputs=2)
 def load_policy(cfg, model: str | None = None):
     "(model, tokenizer) for `cfg`: weights `cfg.model`, dtype `cfg.mixed_precision`, LoRA if `cfg.lora`."
     name = model or cfg.model

@@ -86,7 +86,7 @@ def study_path(name: str) -> Path:
 
 
 def read_study(name: str) -> dict:
-    "The recorded run `name` (its results, the command that made it, alignbook's version, the seconds it took)."
+    "The recorded run `name`: its results, the command that made it, the version and the seconds it took."
     path = study_path(name)
     if not path.exists():
         raise FileNotFoundError(f"no recorded run {name!r} at {path}: run the command its chapter names")

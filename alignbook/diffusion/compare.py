@@ -10,11 +10,13 @@ from .preftrain import train_image_prefs
 import alignbook.diffusion.dpo  # noqa: F401  (registers diffusion-dpo)
 import alignbook.diffusion.mapo  # noqa: F401  (registers mapo)
 import alignbook.diffusion.kto  # noqa: F401  (registers diffusion-kto)
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['compare_objectives', 'assert_comparison']
 
 # %% ../../nbs/49_compare_diffusion.ipynb #a969e35f
+@dry_runnable("compare")
 def compare_objectives(
     objectives=("diffusion-sft", "diffusion-dpo", "mapo", "diffusion-kto"), preset: str = "toy", **overrides
 ) -> dict:

@@ -8,6 +8,7 @@ import copy, math, time
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..config import register_objective
+from ..results import TrainResult, save_final, summarize
 from alignbook.diffusion.flow import (
     velocity,
     interpolate,
@@ -552,8 +553,8 @@ def _pg_update(tr, pair, ref, cfg, ex, g, step) -> dict:
     return m
 
 
-def train_fail(cfg, until: int | None = None, progress: bool = True) -> dict:
-    "FAIL-PD / FAIL-PG (cfg.objective) on the toy digits imitation problem via the Trainer; a summary dict."
+def train_fail(cfg, until: int | None = None, progress: bool = True) -> TrainResult:
+    "FAIL-PD / FAIL-PG (cfg.objective) on the toy digits imitation problem via the Trainer."
     from alignbook.train import Trainer, set_seed
     from tqdm.auto import tqdm
 
@@ -605,17 +606,16 @@ def train_fail(cfg, until: int | None = None, progress: bool = True) -> dict:
         tr.save_checkpoint()
     xs = policy_samples(policy, cfg.final_eval_size, cfg.sample_steps)[0]
     final = distance_to_expert(xs, ex["heldout"], 4)
-    if cfg.out_dir:
-        policy.save_pretrained(Path(cfg.out_dir) / "model")
-    return {
+    final_path = save_final(tr, cfg, model=policy)  # the policy alone, as a diffusers UNet
+    summary = {
+        **summarize(tr.history),
         "objective": cfg.objective,
         "steps": tr.step // K,
         "dist": final,
         "ink": float(ink_reward(xs).mean()),
         "seconds": time.perf_counter() - t_start,
-        "history": getattr(tr, "history", []),
-        "model": pair,
     }
+    return TrainResult(tr.out_dir, final_path, summary, tr.history, model=pair)
 
 # %% ../../nbs/46_fail.ipynb #0d935748
 FAIL_TOY = dict(
@@ -683,7 +683,7 @@ register_objective(
 )
 
 # %% ../../nbs/46_fail.ipynb #03a3b536
-def check_flow_policy_ratio(fn) -> str:
+def check_flow_policy_ratio(fn) -> None:
     "Check a student's fn(cfm_old, cfm_new, clamp) against `flow_policy_ratio`."
     g = torch.Generator().manual_seed(7)
     a, b = torch.rand(50, generator=g) * 8, torch.rand(50, generator=g) * 8
@@ -691,10 +691,9 @@ def check_flow_policy_ratio(fn) -> str:
         got, want = fn(a, b, c), flow_policy_ratio(a, b, c)
         assert got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {tuple(got.shape)}"
         assert torch.allclose(got, want), f"clamp={c}: values differ; is it exp(clamp(old − new)), old first?"
-    return "correct"
 
 
-def check_implied_clean_sample(fn) -> str:
+def check_implied_clean_sample(fn) -> None:
     "Check a student's fn(x_next, noise, sigma_next) → x̂0 = (x_next − σ'ε)/(1 − σ')."
     g = torch.Generator().manual_seed(8)
     x0, eps, s = (
@@ -707,7 +706,6 @@ def check_implied_clean_sample(fn) -> str:
     assert torch.allclose(got, x0, atol=1e-5), (
         "on the straight line from ε the implied clean sample is x0 itself"
     )
-    return "correct"
 
 # %% ../../nbs/46_fail.ipynb #50104a64
 class FluxVelocity(nn.Module):

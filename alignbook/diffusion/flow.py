@@ -11,6 +11,7 @@ from diffusers import UNet2DModel, UNet2DConditionModel
 from ..config import Config, COMMON
 from ..train import Trainer
 from ..results import TrainResult
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['NUM_TRAIN_TIMESTEPS', 'DIGITS_UNET', 'DIGITS_FLOW_RECIPE', 'interpolate', 'flow_target', 'to_meta_convention',
@@ -459,6 +460,7 @@ def digits_mmd(model, n: int = 500, steps: int = 10, seed: int = 1, resolution: 
     return mmd_rbf(gen, x[torch.randperm(len(x), generator=g)[:n]])
 
 
+@dry_runnable("train")
 def train_flow(cfg) -> TrainResult:
     "Train or fine-tune the digits flow with CFM through `Trainer`; the summary holds the last metrics + MMD."
     if cfg.init == "pretrained":

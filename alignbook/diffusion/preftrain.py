@@ -4,6 +4,7 @@
 
 # %% ../../nbs/41a_image_preftrain.ipynb #85c6de3c
 from __future__ import annotations
+from ..dryrun import dry_runnable
 import copy
 from pathlib import Path
 import torch
@@ -110,6 +111,7 @@ IMAGE_PREF_GPU = dict(
 )
 
 # %% ../../nbs/41a_image_preftrain.ipynb #e00673f4
+@dry_runnable("load")
 def load_image_model(cfg, name=None):
     "Model `name` (default cfg.model): 'toy-digits-flow', a UNet2DModel dir, or a Stable Diffusion id/dir."
     name = str(name or cfg.model)
@@ -161,6 +163,7 @@ def _diversity(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.pdist(x[c == k].flatten(1)).mean() for k in range(10)]).mean()
 
 
+@dry_runnable("eval")
 @torch.no_grad()
 def preference_eval(model, base, cfg, n: int = 400, seed: int = 123) -> dict:
     "Same-noise samples of model and base: toy-human score, win rate vs base, MMD to the base, diversity."
@@ -195,6 +198,7 @@ def merged_unet(policy):
     return unet
 
 
+@dry_runnable("train")
 def train_image_prefs(cfg, return_model: bool = False) -> TrainResult:
     "Train cfg.objective (a key of PREF_LOSSES) on image preferences through alignbook.train.Trainer."
     if cfg.objective not in PREF_LOSSES:

@@ -15,6 +15,7 @@ from . import gpoints
 from .rollout import play_gpoints, pack_batch
 from .rleval import rl_evaluate
 from .rltrain import RL_COMMON_TOY, RL_COMMON_GPU, training_hand, estimate_flops
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['DIVERGENCES', 'DISTILL_TOY', 'DISTILL_GPU', 'generalized_jsd', 'distill_loss', 'DistillRollouts', 'distill_loss_fn',
@@ -133,6 +134,7 @@ def distill_loss_fn(cfg, teacher):
     return loss_fn
 
 
+@dry_runnable("train")
 def train_distill(cfg, progress: bool = True) -> TrainResult:
     "On-policy distillation of `cfg.teacher` into `cfg.model` on GeneralPoints, through the shared `Trainer`."
     if not cfg.teacher:

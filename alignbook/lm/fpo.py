@@ -16,6 +16,7 @@ from .logps import sequence_logps
 from .reference import Reference, PrecomputedReference, data_hash, eval_mode, make_reference
 from .sae import SparseAutoencoder, capture_residual, sae_hash
 from ..results import TrainResult
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['FEATURE_SELECTS', 'FPO_LOGP_KEYS', 'pool_completion', 'feature_deviation', 'fpo_loss', 'pooled_features',
@@ -280,6 +281,7 @@ def load_fpo_sae(cfg, model=None, tokenizer=None) -> SparseAutoencoder:
     return sae.requires_grad_(False).eval()
 
 
+@dry_runnable("train", outputs=("return_trainer",))
 def train_fpo(cfg, model=None, tokenizer=None, return_trainer: bool = False) -> TrainResult:
     "Train FPO with the shared Trainer (offline reference by default); (result, trainer) if `return_trainer`."
     from alignbook.lm.preftrain import build_data, eval_pairs, eval_generation
@@ -398,6 +400,7 @@ register_objective(
 )
 
 # %% ../../nbs/27b_fpo.ipynb #2751481c
+@dry_runnable("compare")
 def compare_at_equal_budget(
     budget: dict,
     objectives=("dpo", "simpo", "tdpo"),

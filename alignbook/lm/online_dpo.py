@@ -16,6 +16,7 @@ from .dpo import dpo_loss
 from .rollout import play_gpoints, pack_batch, completion_token_logps
 from .rleval import rl_evaluate
 from .rltrain import RL_COMMON_TOY, RL_COMMON_GPU, training_hand, estimate_flops
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['ONLINE_DPO_TOY', 'ONLINE_DPO_GPU', 'verifier_pairs', 'OnlineDPORollouts', 'online_dpo_loss_fn', 'train_online_dpo']
@@ -117,6 +118,7 @@ def online_dpo_loss_fn(cfg):
     return loss_fn
 
 
+@dry_runnable("train")
 def train_online_dpo(cfg, progress: bool = True) -> TrainResult:
     "Online DPO on GeneralPoints: pairs sampled from the policy each round, judged by the verifier."
     if cfg.group_size < 2:

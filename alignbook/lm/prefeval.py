@@ -9,11 +9,13 @@ from .logps import sequence_logps
 from .reference import Reference, eval_mode
 from .tdpo import sequential_kl
 from .gpoints import score_response
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['eval_pairs', 'eval_generation']
 
 # %% ../../nbs/28c_prefeval.ipynb #7a88f554
+@dry_runnable("eval")
 @torch.no_grad()
 def eval_pairs(model, ref: Reference, rows, collate, batch_size=32, device=None) -> dict:
     "Held-out pair metrics: pref_acc (avg log-prob), implicit accuracy, log-prob drift from the reference."

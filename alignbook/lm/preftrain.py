@@ -28,6 +28,7 @@ from alignbook.lm.prefloss import (
     pref_weight_fn as pref_weight_fn,
 )
 from .prefeval import eval_pairs as eval_pairs, eval_generation as eval_generation
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['PREF_TOY', 'PREF_GPU', 'OBJECTIVE_DEFAULTS', 'disable_dropout', 'train_preference', 'train_reward']
@@ -45,6 +46,7 @@ def disable_dropout(model):
     return model
 
 # %% ../../nbs/28_preftrain.ipynb #36c7e89f
+@dry_runnable("train", outputs=("return_trainer",))
 def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = False) -> TrainResult:
     "Train `cfg.objective` (dpo, ipo, simpo, orpo, kto, tdpo, sft-chosen) on the shared Trainer."
     obj = cfg.objective
@@ -109,6 +111,7 @@ def train_preference(cfg, model=None, tokenizer=None, return_trainer: bool = Fal
     return (res, tr) if return_trainer else res
 
 # %% ../../nbs/28_preftrain.ipynb #fc9a6146
+@dry_runnable("train", outputs=("return_trainer",))
 def train_reward(cfg, return_trainer: bool = False) -> TrainResult:
     "Train a Bradley–Terry reward model (scalar head on `cfg.model`), scored by held-out pairwise accuracy."
     set_seed(cfg.seed)

@@ -28,6 +28,7 @@ from alignbook.lm.pg import (
 )
 from .rollout import play_gpoints, pack_batch, completion_token_logps
 from .rleval import rl_evaluate, parse_rules
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['RL_COMMON_TOY', 'RL_COMMON_GPU', 'ALGOS', 'BASE_ALGO', 'episode_rows', 'episode_advantages', 'PolicyWithValue',
@@ -400,6 +401,7 @@ def _check_cfg(cfg, algo):
     parse_rules(cfg.eval_rules)
 
 
+@dry_runnable("train")
 def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start: bool = True) -> TrainResult:
     "Train `cfg.model` with `algo` (a key of ALGOS) on GeneralPoints through the shared `Trainer`."
     name = algo or cfg.objective

@@ -11,6 +11,7 @@ from .logps import sequence_logps
 from . import gpoints
 from ..data import collate_sft
 from ..models import generation_config, own_generation
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['render_prompt_ids', 'Samples', 'sample_completions', 'pack_batch', 'completion_token_logps', 'Episode',
@@ -186,6 +187,7 @@ def play_gpoints(
     return eps, summary
 
 # %% ../../nbs/30_rollout.ipynb #47f96247
+@dry_runnable("eval")
 def evaluate_policy(
     model,
     tokenizer,

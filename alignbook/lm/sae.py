@@ -12,6 +12,7 @@ from safetensors.torch import save_file, load_file
 from ..config import register_objective
 from .reference import weights_hash
 from ..results import TrainResult
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'SAE_TOY', 'SAE_GPU', 'topk_relu', 'jump_relu', 'SparseAutoencoder', 'sae_loss', 'sae_metrics',
@@ -301,6 +302,7 @@ def sae_token_batches(cfg, tok, n_pairs: int | None = None, seed: int = 0):
     return [collate_preference(rows[i : i + bs], tok.pad_token_id) for i in range(0, len(rows), bs)]
 
 
+@dry_runnable("train")
 def train_sae(cfg, model=None, tokenizer=None) -> TrainResult:
     "Train an SAE on `cfg.model`'s residual stream after block `cfg.layer`, saved under cfg.out_dir."
     from alignbook.models import load_policy, default_device

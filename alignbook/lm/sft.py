@@ -13,6 +13,7 @@ from . import gpoints
 from .rleval import gpoints_eval_fn  # the one GeneralPoints evaluator (SFT and RL)
 from ..train import Trainer
 from ..results import TrainResult
+from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['sft_loss', 'sft_loss_fn', 'completion_tokens', 'sft_dataset', 'train_sft', 'check_sft_loss']
@@ -71,6 +72,7 @@ def sft_dataset(cfg):
     return ds.select(range(min(len(ds), cfg.n_train))) if cfg.n_train else ds
 
 # %% ../../nbs/10_sft.ipynb #7ff697c3
+@dry_runnable("train")
 def train_sft(cfg) -> TrainResult:
     "Fine-tune `cfg.model` on `sft_dataset(cfg)`; writes metrics.jsonl, checkpoints and DIR/final."
     ds = sft_dataset(cfg)
