@@ -37,6 +37,7 @@ outputs: install
 
 # two notebooks run at once on two cores: one BLAS thread each (oversubscribed threads spin-wait)
 test: install
+	$(VENV)/bin/ruff check alignbook tests
 	$(OFFLINE) $(PY) -m pytest -q tests
 	$(OFFLINE) OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers 2
 
