@@ -6,6 +6,7 @@
 from __future__ import annotations
 import copy, fnmatch, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
+from .prose import stale_numbers
 
 # %% auto #0
 __all__ = ['PARTS', 'prepare', 'tidy', 'site_copy', 'site_sources', 'render_site', 'write_back', 'build_book', 'dry_run_book']
@@ -281,6 +282,10 @@ def _run_one(p: Path, preset: str, timeout: int, threads: int, skip: tuple, out:
     except Exception as e:
         err = f"{type(e).__name__}: {str(e)[-2000:]}"
     dt = time.time() - t0
+    stale = stale_numbers(nb) if err is None and preset == "toy" else []
+    if stale:  # the prose quotes a number of ours that no output shows
+        quoted = "; ".join(f"{s['number']} (cell {s['cell']})" for s in stale[:5])
+        err = f"StaleNumbers: the prose quotes numbers its outputs do not show: {quoted}"
     nbformat.write(nb, out / "executed" / p.name)
     print(
         f"{'ok ' if err is None else 'ERR'} {dt:6.1f}s  {p.name}"
