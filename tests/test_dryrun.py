@@ -17,7 +17,18 @@ CALL_SETS = {
     "32_sft_vs_rl": {"model", "max_steps", "eval_every", "eval_size", "max_attempts", "temperature", "lr"}
     | {"hands_per_step"},  # RL from the SFT checkpoint and the ablations, from the study's table
     "34_distill": {"teacher", "divergence", "max_steps", "eval_every", "eval_size"},  # rounds, eval_n
-    "35_online_dpo": {"max_steps", "hands_per_step", "group_size", "eval_every", "eval_size"},
+    "35_online_dpo": {
+        "max_steps",
+        "hands_per_step",
+        "group_size",
+        "eval_every",
+        "eval_size",
+        "batch_size",
+        "n_train",
+        "n_gen",
+        "lr",
+        "beta",  # the offline DPO arm matches online DPO's budget
+    },
     "33_gspo_cispo": {"importance_level", "loss_type", "eps_low", "eps_high", "num_minibatches", "max_steps"}
     | {"hands_per_step", "eval_every", "eval_size", "sampler_temperature", "tis_cap"},
     "39_compare_pg": {"max_steps", "hands_per_step", "eval_every", "eval_size", "loss_type", "group_size"}
