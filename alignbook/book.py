@@ -9,10 +9,12 @@ from pathlib import Path
 from .prose import stale_numbers
 
 # %% auto #0
-__all__ = ['PARTS', 'prepare', 'tidy', 'site_copy', 'site_sources', 'render_site', 'write_back', 'build_book', 'dry_run_book']
+__all__ = ['PARTS', 'cell_flags', 'prepare', 'tidy', 'site_copy', 'site_sources', 'render_site', 'write_back', 'build_book',
+           'dry_run_book']
 
 # %% ../nbs/91_book.ipynb #d4abe73c
-def _flags(src: str) -> set[str]:
+def cell_flags(src: str) -> set[str]:
+    "The words of a cell's leading `#|` directives: {'export', 'slow', 'gpu', 'hide', …}."
     out = set()
     for line in src.splitlines():
         s = line.strip()
@@ -27,7 +29,7 @@ def prepare(nb, preset: str, skip: tuple[str, ...] = ()):
     import nbformat
 
     for c in nb.cells:
-        fl = _flags(c.source) if c.cell_type == "code" else set()
+        fl = cell_flags(c.source) if c.cell_type == "code" else set()
         if ("gpu" in fl and preset != "gpu") or fl & set(skip):
             c.metadata["skip_execution"] = True
     for i, c in enumerate(nb.cells):
@@ -170,7 +172,7 @@ def site_copy(nb):
     cells = []
     for c in nb.cells:
         if c.cell_type == "code":
-            fl = _flags(c.source)
+            fl = cell_flags(c.source)
             if "hide" in fl or "default_exp" in fl:
                 continue
             tags = list(c.metadata.get("tags", []))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast, copy, importlib, inspect, pkgutil
 from dataclasses import dataclass
 from pathlib import Path
+from ..book import cell_flags
 
 # %% auto #0
 __all__ = ['Question', 'Spec', 'specs', 'get_spec', 'mark_solution', 'make_assignment', 'find_nbs', 'assign']
@@ -110,16 +111,6 @@ NB_META = "alignbook"  # notebook metadata key: {"assignment": spec name, "chapt
 TEST_ID = "test_"  # nbgrader grade_id prefix of a question's test cell
 
 
-def _flags(src: str) -> set[str]:
-    out = set()
-    for line in src.splitlines():
-        s = line.strip()
-        if not s.startswith("#|"):
-            break
-        out.update(w.strip(",") for w in s[2:].split() if w.strip(","))
-    return out
-
-
 def _strip_directives(src: str) -> str:
     lines = src.splitlines()
     while lines and lines[0].strip().startswith("#|"):
@@ -174,7 +165,7 @@ def make_assignment(spec: Spec, nb, kind: str = "source"):
     cells = []
     for i, c in enumerate(nb.cells[:stop]):
         if c.cell_type == "code":
-            fl = _flags(c.source)
+            fl = cell_flags(c.source)
             if fl & {"slow", "gpu", "default_exp"} or "eval:" in c.source.split("\n", 1)[0]:
                 continue
             c.source = _strip_directives(c.source)
