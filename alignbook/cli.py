@@ -201,7 +201,9 @@ def cmd_eval(args) -> int:
 def cmd_build_base(args) -> int:
     from alignbook.toybase import build_toy_base
 
-    out = build_toy_base(args.out) if args.out else build_toy_base()
+    if args.version == 2 and not args.out:
+        raise SystemExit("build-base --version 2: give --out DIR (the shipped base stays version 1)")
+    out = build_toy_base(args.out, version=args.version)
     print((Path(out) / "BUILD.json").read_text())
     return 0
 
@@ -340,6 +342,9 @@ def parser() -> argparse.ArgumentParser:
     _course_parsers(sub)
     bb = sub.add_parser("build-base", help="rebuild the pretrained toy base model bit for bit")
     bb.add_argument("--out", default=None, help="where to write it (default: the package's assets/toy-base)")
+    bb.add_argument(
+        "--version", type=int, choices=[1, 2], default=1, help="1: the shipped base; 2: the v2 candidate"
+    )
     bb.set_defaults(fn=cmd_build_base)
     return p
 

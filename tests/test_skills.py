@@ -9,7 +9,7 @@ import pytest
 
 from alignbook.lm import gpoints, skills
 from alignbook.lm.sftrl_study import paired_effect
-from alignbook.toybase import toy_corpus, length_grouped, corpus_example
+from alignbook.toybase import toy_corpus_v2, length_grouped, corpus_example
 
 HAND = gpoints.Hand(["K", "3", "4", "6"])
 
@@ -48,7 +48,7 @@ def test_wilson_interval():
 
 
 def test_corpus_keeps_eval_items_out():
-    ds = toy_corpus(3000, seed=3)
+    ds = toy_corpus_v2(3000, seed=3)
     assert set(ds["kind"]) == {"gpoints", "revision", "rewriting", "arithmetic", "strings", "format"}
     held = {p for name in skills.TEXT_SKILLS for p, _ in skills.skill_items(name)}
     for row in ds:

@@ -17,8 +17,8 @@ from ..models import TOY_BASE, load_tokenizer, load_causal_lm, default_device
 __all__ = ['STYLES', 'INSTRUCTIONS', 'FORMATS', 'WORDS', 'TEXT_SKILLS', 'FORGETTING_SUITE', 'SKILLS', 'formula_steps',
            'solution_text', 'own_answer', 'any_formula', 'expert_solution', 'steps_ok', 'answer_formula', 'solution_ok',
            'is_own_style', 'expert_dataset', 'rewrite_prompt', 'rewrite_example', 'wrong_attempt', 'revision_example',
-           'arithmetic_example', 'instruction_example', 'format_example', 'wilson_interval', 'skill_items',
-           'rewriting_items', 'eval_skills', 'skills_table', 'eval_skills_cli']
+           'arithmetic_example', 'instruction_example', 'format_example', 'short_instruction_example',
+           'wilson_interval', 'skill_items', 'rewriting_items', 'eval_skills', 'skills_table', 'eval_skills_cli']
 
 # %% ../../nbs/05c_skills.ipynb #b25cc009
 STYLES = ("own", "plain", "steps", "expert")
@@ -247,10 +247,10 @@ def _word(rng: random.Random, lo: int = 2, hi: int = 7) -> str:
     return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(lo, hi)))
 
 
-def instruction_example(rng: random.Random) -> tuple[str, str]:
-    "A one-step string instruction: ('Reverse: abc.', 'cba')."
+def instruction_example(rng: random.Random, longest: int = 7) -> tuple[str, str]:
+    "A one-step string instruction on a word of 2..`longest` letters: ('Reverse: abc.', 'cba')."
     name = rng.choice(sorted(INSTRUCTIONS))
-    w = _word(rng, 2, 5)
+    w = _word(rng, 2, longest)
     return f"{name}: {w}.", INSTRUCTIONS[name](w)
 
 
@@ -276,7 +276,16 @@ def format_example(rng: random.Random) -> tuple[str, str]:
     return f"{name}: {' '.join(words)}.", FORMATS[name](words)
 
 # %% ../../nbs/05c_skills.ipynb #e4446e51
-TEXT_SKILLS = {"arithmetic": arithmetic_example, "strings": instruction_example, "format": format_example}
+def short_instruction_example(rng: random.Random) -> tuple[str, str]:
+    "`instruction_example` on words of 2 to 5 letters (the forgetting suite's string edits)."
+    return instruction_example(rng, 5)
+
+
+TEXT_SKILLS = {
+    "arithmetic": arithmetic_example,
+    "strings": short_instruction_example,
+    "format": format_example,
+}
 FORGETTING_SUITE = tuple(TEXT_SKILLS)
 SKILLS = ("gpoints_id", "gpoints_ood", "revision", "rewriting", "rewriting_expert") + FORGETTING_SUITE
 
