@@ -11,6 +11,7 @@ import torch
 from alignbook.cli import main
 from alignbook.config import get_config
 from alignbook.data import DataFormatError
+from alignbook.lm.rewriter import train_rewriter
 from alignbook.lm.rewrite import (
     alignment_rewards,
     boxed_ok,
@@ -23,7 +24,6 @@ from alignbook.lm.rewrite import (
     read_records,
     rewrite_records,
     rewrite_rewards,
-    train_rewriter,
 )
 from alignbook.models import toy_model, toy_tokenizer
 

@@ -4,30 +4,25 @@
 
 # %% ../../nbs/36_rewrite.ipynb #24234c68
 from __future__ import annotations
-import json, os, random, re
+import json, os, re
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from ..checks import validate_nonnegative
-from ..config import register_objective
-from ..data import DataFormatError, render_example, load_rows
-from ..models import TOY_BASE, load_policy, load_causal_lm, load_tokenizer, count_params
-from ..train import Trainer, set_seed, atomic_write
-from ..results import TrainResult
+from ..data import DataFormatError, render_example
+from ..models import load_causal_lm, load_tokenizer
+from ..train import atomic_write
 from .logps import sequence_logps
-from .reference import make_reference, eval_mode
-from .rollout import sample_completions, pack_batch, completion_token_logps
-from .pg import grpo_advantages
-from .rltrain import rl_loss_fn, chunk_weight
+from .reference import eval_mode
+from .rollout import sample_completions, pack_batch
 from . import gpoints
 from ..dryrun import dry_runnable
 
 # %% auto #0
-__all__ = ['QA_FORMATS', 'REWRITE_INSTRUCTION', 'VERIFIERS', 'REQUIRED', 'REWRITER_TOY', 'REWRITER_GPU', 'alignment_rewards',
-           'mean_pair_distance', 'diversity_rewards', 'rewrite_rewards', 'qa_prompt', 'qa_nll', 'embed_texts',
-           'rewrite_prompt', 'final_answer', 'boxed_ok', 'gpoints_ok', 'get_verifier', 'fallback', 'record_problems',
-           'read_records', 'rewrite_records', 'rewrite_request', 'model_rewriter', 'rewrite_jsonl', 'records_from_rows',
-           'rewriter_records', 'RewriteRollouts', 'evaluate_rewriter', 'train_rewriter']
+__all__ = ['QA_FORMATS', 'REWRITE_INSTRUCTION', 'VERIFIERS', 'REQUIRED', 'alignment_rewards', 'mean_pair_distance',
+           'diversity_rewards', 'rewrite_rewards', 'qa_prompt', 'qa_nll', 'embed_texts', 'rewrite_prompt',
+           'final_answer', 'boxed_ok', 'gpoints_ok', 'get_verifier', 'fallback', 'record_problems', 'read_records',
+           'rewrite_records', 'rewrite_request', 'model_rewriter', 'rewrite_jsonl']
 
 # %% ../../nbs/36_rewrite.ipynb #be3347fe
 def _check_rewards_args(task_ok, nll, embeddings, lambda_dist, lambda_div) -> torch.Tensor:
@@ -72,7 +67,7 @@ def mean_pair_distance(embeddings: torch.Tensor) -> torch.Tensor:
     if n < 2:
         return embeddings.new_zeros(())
     e = F.normalize(embeddings.float(), dim=-1)
-    return ((1 - e @ e.T) / 2).triu(1).sum() / (n * (n - 1) / 2)
+    return (((1 - e @ e.T) / 2).triu(1).sum() / (n * (n - 1) / 2)).clamp(min=0)
 
 
 def diversity_rewards(embeddings: torch.Tensor, feasible: torch.Tensor) -> torch.Tensor:
@@ -452,250 +447,3 @@ def rewrite_jsonl(
     fn = model_rewriter(m, tok, max_new_tokens, batch_size)
     res = rewrite_records(records, fn, verify, out, batch_size, progress)
     return dict(res, verifier=name, bad_rows=len(bad), skipped=bad[:20])
-
-# %% ../../nbs/36_rewrite.ipynb #f819902d
-def records_from_rows(rows, where: str = "dataset") -> list[dict]:
-    "problem/solution records from dataset rows (problem/solution, or prompt/completion conversations)."
-    out = []
-    for i, r in enumerate(rows):
-        r = dict(r)
-        if "problem" not in r and "prompt" in r:
-            p, c = r.pop("prompt"), r.pop("completion", None)
-            r["problem"] = p if isinstance(p, str) else p[-1]["content"]
-            r["solution"] = c if isinstance(c, str) or c is None else c[-1]["content"]
-        bad = record_problems(r, f"{where}, row {i}")
-        if bad:
-            raise DataFormatError("\n".join(bad))
-        out.append(r)
-    return out
-
-
-def rewriter_records(cfg) -> list[dict]:
-    "The expert records `cfg.dataset` names: 'toy-expert' (the toy world's expert style), a file or a Hub id."
-    if cfg.dataset == "toy-expert":
-        from alignbook.lm import skills
-
-        rows = skills.expert_dataset(cfg.n_train + cfg.eval_size, seed=cfg.seed)
-    else:
-        rows = load_rows(cfg.dataset, split=cfg.get("dataset_split", "train"))
-        if cfg.n_train:
-            rows = rows.select(range(min(len(rows), cfg.n_train + cfg.eval_size)))
-    return records_from_rows(rows, str(cfg.dataset))
-
-
-class RewriteRollouts:
-    "The Trainer's `make_batch` for the rewriting policy: K rewrites per problem, gated and scored, GRPO rows."
-
-    def __init__(self, tokenizer, cfg, records, ref, verify, prompt_fn=rewrite_request):
-        self.tok, self.cfg, self.records, self.ref, self.verify = tokenizer, cfg, records, ref, verify
-        self.prompt_fn = prompt_fn
-
-    def score(self, policy, recs, texts, truncated) -> dict:
-        "Gate, QA-style NLL, embeddings and rewards (K per record, record-major) of sampled rewrites."
-        cfg, K = self.cfg, len(texts) // len(recs)
-        ok = torch.tensor(
-            [not t and bool(self.verify(recs[j // K], x)) for j, (x, t) in enumerate(zip(texts, truncated))],
-            dtype=torch.float32,
-        )
-        with self.ref.active(policy) as base:
-            probs = [r["problem"] for r in recs for _ in range(K)]
-            nll = qa_nll(base, self.tok, probs, texts, cfg.qa_format, cfg.gen_batch_size, cfg.max_length)
-            emb = embed_texts(base, self.tok, texts, cfg.gen_batch_size)
-        g = [slice(i, i + K) for i in range(0, len(texts), K)]
-        feas = [ok[s].bool() for s in g]
-        return dict(
-            ok=ok,
-            nll=nll,
-            rewards=torch.cat(
-                [rewrite_rewards(ok[s], nll[s], emb[s], cfg.lambda_dist, cfg.lambda_div) for s in g]
-            ),
-            r_dist=torch.cat([alignment_rewards(nll[s], f) for s, f in zip(g, feas)]),
-            r_div=torch.cat([diversity_rewards(emb[s], f) for s, f in zip(g, feas)]),
-        )
-
-    @torch.no_grad()
-    def micro_batch(self, trainer, chunk: list[dict], update: list[dict]) -> dict:
-        "Packed rows, advantages, the chunk's share of the update, and the frozen base's log-probs for the KL."
-        cfg, dev = self.cfg, trainer.device
-        b = pack_batch(
-            [r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk], self.tok.pad_token_id, dev
-        )
-        b.update(
-            weight=chunk_weight(cfg.loss_type, chunk, update),
-            update_rows=len(update),
-            update_tokens=sum(len(r["completion_ids"]) for r in update),
-            adv=torch.tensor([r["adv"] for r in chunk], device=dev),
-        )
-        if cfg.beta > 0:
-            with self.ref.active(trainer.unwrapped) as base:
-                b["ref"] = completion_token_logps(base, b, cfg.temperature)[0]
-        return b
-
-    def __call__(self, trainer) -> tuple[list[list[dict]], dict]:
-        cfg, K = self.cfg, self.cfg.group_size
-        rnd = trainer.state.get("round", 0)
-        rng = random.Random(f"alignbook-rewriter-{cfg.seed}-{rnd}")  # exact resume: the round fixes the draw
-        recs = rng.sample(self.records, min(cfg.problems_per_step, len(self.records)))
-        policy = trainer.unwrapped
-        smp = sample_completions(
-            policy,
-            self.tok,
-            [self.prompt_fn(r) for r in recs],
-            K,
-            cfg.max_new_tokens,
-            cfg.temperature,
-            cfg.top_p,
-            seed=cfg.seed * 1_000_003 + rnd,
-            batch_size=cfg.gen_batch_size,
-        )
-        s = self.score(policy, recs, smp.texts, smp.truncated)
-        adv = grpo_advantages(s["rewards"], K, cfg.scale_rewards)
-        rows = [
-            dict(prompt_ids=p, completion_ids=c, adv=float(a))
-            for p, c, a in zip(smp.prompt_ids, smp.completion_ids, adv)
-        ]
-        micro = [
-            self.micro_batch(trainer, rows[i : i + cfg.batch_size], rows)
-            for i in range(0, len(rows), cfg.batch_size)
-        ]
-        feas = s["ok"].bool()
-        metrics = {
-            "reward": float(s["rewards"].mean()),
-            "accept": float(s["ok"].mean()),
-            "r_dist": float(s["r_dist"][feas].mean()) if feas.any() else 0.0,
-            "r_div": float(s["r_div"][feas].mean()) if feas.any() else 0.0,
-            "nll_feasible": float(s["nll"][feas].mean()) if feas.any() else float("nan"),
-            "frac_zero_std": float((s["rewards"].view(-1, K).std(1) == 0).float().mean()),
-            "completion_len": sum(len(r["completion_ids"]) for r in rows) / len(rows),
-        }
-        return [micro], metrics
-
-# %% ../../nbs/36_rewrite.ipynb #b4204ca5
-@torch.no_grad()
-def evaluate_rewriter(policy, tokenizer, records, ref, verify, cfg) -> dict:
-    "Greedy generate–verify–fallback on `records`: acceptance, the base's QA NLL and diversity of the targets."
-    texts = model_rewriter(policy, tokenizer, cfg.max_new_tokens, cfg.gen_batch_size)(records)
-    rows = [fallback(r, t, verify) for r, t in zip(records, texts)]
-    targets = [r["solution"] for r in rows]
-    with ref.active(policy) as base:
-        nll = qa_nll(
-            base, tokenizer, [r["problem"] for r in rows], targets, cfg.qa_format, cfg.gen_batch_size
-        )
-        emb = embed_texts(base, tokenizer, targets, cfg.gen_batch_size)
-    return {
-        "eval/accept": sum(r["accepted"] for r in rows) / len(rows),
-        "eval/nll": float(nll.mean()),
-        "eval/diversity": float(mean_pair_distance(emb)),
-    }
-
-# %% ../../nbs/36_rewrite.ipynb #6f01a02d
-REWRITER_TOY = dict(
-    model=TOY_BASE,
-    dataset="toy-expert",  # the toy world's expert-style GeneralPoints solutions (never in the base's corpus)
-    dataset_split="train",
-    verifier="gpoints",  # the exact GeneralPoints check, any style
-    qa_format="chat",  # the toy base was asked questions only as chat turns
-    n_train=512,
-    lora=True,  # the rewriting policy is LoRA on the frozen base, as in the paper
-    lora_r=16,
-    lora_alpha=32,
-    lr=5e-4,
-    max_steps=20,  # rounds; one optimiser step each
-    problems_per_step=8,
-    group_size=5,  # K, the paper's group size
-    temperature=1.0,
-    top_p=1.0,
-    max_new_tokens=96,
-    batch_size=40,  # rows per micro-batch
-    gen_batch_size=128,
-    beta=0.001,  # the paper's KL coefficient (k3 estimator) to the frozen base
-    loss_type="dapo",
-    eps_low=0.2,
-    eps_high=0.2,
-    importance_level="token",
-    sapo_tau_pos=1.0,
-    sapo_tau_neg=1.05,
-    scale_rewards="group",
-    lambda_dist=0.35,
-    lambda_div=0.5,
-    log_every=1,
-    eval_every=0,
-    eval_size=32,
-    save_every=0,
-    warmup_steps=0,
-    scheduler="constant",
-)
-REWRITER_GPU = dict(
-    model="Qwen/Qwen2.5-1.5B-Instruct",
-    dataset="DigitalLearningGmbH/MATH-lighteval",  # MATH problems with worked solutions ending in \boxed{}
-    verifier="boxed",  # the rewrite's \boxed{} answer must equal the expert solution's
-    qa_format="plain",  # the paper's "Problem: … Answer:" prompt
-    n_train=None,  # every training problem
-    lora=True,
-    lora_r=64,  # the paper: rank 64, α 32, all linear layers
-    lora_alpha=32,
-    lr=3e-6,  # the paper's learning rate
-    beta=0.001,
-    max_steps=300,
-    problems_per_step=16,
-    group_size=5,
-    max_new_tokens=1024,
-    max_length=2048,
-    batch_size=8,
-    gen_batch_size=80,
-    eval_every=50,
-    eval_size=200,
-    save_every=50,
-    mixed_precision="bf16",
-    gradient_checkpointing=True,
-)
-
-
-def _check_cfg(cfg):
-    if cfg.group_size < 2:
-        raise ValueError(
-            f"group_size={cfg.group_size}: GRPO needs K >= 2 rewrites per problem (the paper: 5)"
-        )
-    if cfg.qa_format not in QA_FORMATS:
-        raise ValueError(f"qa_format={cfg.qa_format!r}: expected one of {QA_FORMATS}")
-    get_verifier(cfg.verifier)
-    validate_nonnegative("lambda_dist", cfg.lambda_dist)
-    validate_nonnegative("lambda_div", cfg.lambda_div)
-    if cfg.problems_per_step < 1:
-        raise ValueError(f"problems_per_step={cfg.problems_per_step}: expected an integer >= 1")
-
-
-@dry_runnable("train")
-def train_rewriter(cfg, progress: bool = True) -> TrainResult:
-    "Train the rewriting policy (LoRA on `cfg.model`) with GRPO on `rewrite_rewards`, through the `Trainer`."
-    _check_cfg(cfg)
-    records = rewriter_records(cfg)  # bad data fails before the model loads
-    n_eval = min(cfg.eval_size, len(records) // 2) if cfg.eval_every else 0
-    held_out, train_recs = records[:n_eval], records[n_eval:]
-    set_seed(cfg.seed)
-    policy, tok = load_policy(cfg)
-    ref = make_reference(cfg, policy, online=True)
-    verify = get_verifier(cfg.verifier)
-    tr = Trainer(
-        policy,
-        cfg,
-        loss_fn=rl_loss_fn(cfg, "grpo"),
-        make_batch=RewriteRollouts(tok, cfg, train_recs, ref, verify),
-        eval_fn=(lambda m: evaluate_rewriter(m, tok, held_out, ref, verify, cfg)) if n_eval else None,
-        out_dir=cfg.out_dir,
-    )
-    ref.to(tr.device)
-    tr.fit_rollouts(cfg.max_steps, True, progress)
-    n_params = count_params(policy, trainable_only=True)
-    return TrainResult.from_trainer(
-        tr, cfg, tok, model=tr.unwrapped, rounds=tr.state["round"], trainable=n_params
-    )
-
-
-register_objective(
-    "rewriter",
-    train_rewriter,
-    toy=REWRITER_TOY,
-    gpu=REWRITER_GPU,
-    help="the RL rewriting agent: LoRA + GRPO on the task gate, QA-style alignment and diversity rewards",
-)
