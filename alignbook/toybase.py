@@ -12,82 +12,101 @@ from .config import Config, COMMON
 from .models import toy_tokenizer, toy_model, count_params, ASSETS
 from .data import tokenize_sft, collate_sft
 from .lm.logps import sequence_logps
-from .lm import gpoints
+from .lm import gpoints, skills
+from .lm.skills import arithmetic_example, instruction_example, INSTRUCTIONS  # noqa: F401 (old home)
 from .train import Trainer
 
 # %% auto #0
-__all__ = ['INSTRUCTIONS', 'MIX', 'BASE_RECIPE', 'arithmetic_example', 'instruction_example', 'gpoints_example', 'toy_corpus',
+__all__ = ['MIX', 'BASE_RECIPE', 'corpus_hand', 'gpoints_example', 'corpus_example', 'toy_corpus', 'length_grouped',
            'sha256_file', 'build_toy_base']
 
 # %% ../nbs/06_toy_base.ipynb #b5cb3158
-def arithmetic_example(rng: random.Random) -> tuple[str, str]:
-    "A small integer expression and its value: ('Compute 3*4+5.', '17')."
-    a, b, c = rng.randint(0, 12), rng.randint(0, 12), rng.randint(1, 12)
-    form = rng.choice(
-        ["{a}+{b}", "{a}-{b}", "{a}*{b}", "{a}*{b}+{c}", "{a}+{b}*{c}", "({a}+{b})*{c}", "{a}*{b}-{c}"]
-    )
-    expr = form.format(a=a, b=b, c=c)
-    return f"Compute {expr}.", str(int(gpoints.evaluate_tree(gpoints.parse_formula(expr)[0])))
-
-
-INSTRUCTIONS = {
-    "Reverse": lambda w: w[::-1],
-    "Uppercase": lambda w: w.upper(),
-    "Repeat twice": lambda w: w + w,
-    "Sort the letters": lambda w: "".join(sorted(w)),
-    "Count the letters": lambda w: str(len(w)),
-}
-
-
-def instruction_example(rng: random.Random) -> tuple[str, str]:
-    "A one-step string instruction: ('Reverse: abc.', 'cba')."
-    name = rng.choice(sorted(INSTRUCTIONS))
-    w = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7)))
-    return f"{name}: {w}.", INSTRUCTIONS[name](w)
-
-
-def gpoints_example(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.8) -> tuple[str, str]:
-    "A solved GeneralPoints hand under the ID rule (prob. `p_id`) or a random face-card rule."
+def corpus_hand(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.9) -> gpoints.Hand:
+    "A solvable hand under the ID rule (prob. `p_id`) or a random face-card rule; never a held-out hand."
     target = 24 if rng.random() < p_target24 else rng.randint(10, 30)
     rule = (
         gpoints.ID_RULE if rng.random() < p_id else gpoints.Rule.random(rng, require_face=rng.random() < 0.5)
     )
-    hand = gpoints.sample_hand(rng, rule, 4, target)
-    return gpoints.toy_prompt(hand), gpoints.expert_response(hand, rng)
+    while True:
+        hand = gpoints.sample_hand(rng, rule, 4, target)
+        if not gpoints.is_held_out(hand):
+            return hand
+
+
+def gpoints_example(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.9) -> tuple[str, str]:
+    "A GeneralPoints prompt and the base's own answer (the solver's canonical formula)."
+    hand = corpus_hand(rng, p_id, p_target24)
+    return gpoints.toy_prompt(hand), skills.own_answer(hand)
+
+
+def corpus_example(kind: str, rng: random.Random) -> tuple[list[dict], str]:
+    "(messages, answer) of one corpus row of `kind` (a key of `MIX`)."
+    if kind == "gpoints":
+        prompt, answer = gpoints_example(rng)
+    elif kind == "revision":
+        return skills.revision_example(corpus_hand(rng, p_target24=1.0), rng)
+    elif kind == "rewriting":
+        prompt, answer = skills.rewrite_example(corpus_hand(rng), rng)
+    elif kind in skills.TEXT_SKILLS:
+        prompt, answer = skills.TEXT_SKILLS[kind](rng)
+    else:
+        raise ValueError(f"corpus kind must be one of {', '.join(MIX)}; got {kind!r}")
+    return [{"role": "user", "content": prompt}], answer
 
 # %% ../nbs/06_toy_base.ipynb #da5cb21a
-MIX = {"gpoints": 0.7, "arithmetic": 0.15, "instructions": 0.15}
+MIX = {
+    "gpoints": 0.45,
+    "revision": 0.12,
+    "rewriting": 0.1,
+    "arithmetic": 0.11,
+    "strings": 0.11,
+    "format": 0.11,
+}
 
 
 def toy_corpus(n: int, seed: int = 0, mix: dict | None = None, exclude_eval: bool = True) -> Dataset:
     "`n` conversational prompt/completion rows drawn from the toy world's mixture."
     mix = mix or MIX
     rng = random.Random(seed)
-    gens = {"gpoints": gpoints_example, "arithmetic": arithmetic_example, "instructions": instruction_example}
-    banned = {gpoints.toy_prompt(h) for h in gpoints.held_out_hands()} if exclude_eval else set()
+    banned = (
+        {p for name in skills.TEXT_SKILLS for p, _ in skills.skill_items(name)} if exclude_eval else set()
+    )
     kinds, weights = zip(*mix.items())
     rows = []
     while len(rows) < n:
-        p, c = gens[rng.choices(kinds, weights)[0]](rng)
-        if p in banned:
+        kind = rng.choices(kinds, weights)[0]
+        msgs, answer = corpus_example(kind, rng)
+        if msgs[0]["content"] in banned:
             continue
-        rows.append(
-            {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
-        )
+        rows.append({"prompt": msgs, "completion": [{"role": "assistant", "content": answer}], "kind": kind})
     return Dataset.from_list(rows)
 
 # %% ../nbs/06_toy_base.ipynb #3c2927fc
 BASE_RECIPE = dict(
-    n_train=100_000,
-    steps=800,
+    steps=6000,
     batch_size=64,
     lr=2e-3,
-    warmup_steps=50,
+    warmup_steps=100,
     scheduler="cosine",
     seed=0,
-    threads=1,
-    max_length=128,
+    threads=2,
+    max_length=320,
+    model=dict(max_position_embeddings=512),
 )
+
+
+def length_grouped(rows: list[dict], batch_size: int, seed: int, span: int = 50) -> list[dict]:
+    "`rows` reordered so that each run of `batch_size` rows has similar lengths; batches in random order."
+    rng = random.Random(seed)
+    idx = list(range(len(rows)))
+    rng.shuffle(idx)
+    batches = []
+    for s in range(0, len(idx), batch_size * span):
+        chunk = sorted(idx[s : s + batch_size * span], key=lambda i: len(rows[i]["input_ids"]))
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    batches = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(batches)
+    return [rows[i] for b in batches for i in b]
 
 
 def _loss(model, b):
@@ -108,7 +127,9 @@ def build_toy_base(out_dir=None, **recipe) -> Path:
     torch.set_num_threads(r["threads"])
     try:
         tok = toy_tokenizer()
-        rows = tokenize_sft(toy_corpus(r["n_train"], r["seed"]), tok, r["max_length"])
+        n_rows = r["steps"] * r["batch_size"]
+        rows = tokenize_sft(toy_corpus(n_rows, r["seed"]), tok, r["max_length"])
+        rows = length_grouped(rows, r["batch_size"], r["seed"])
         cfg = Config(
             {
                 **COMMON,
@@ -119,18 +140,19 @@ def build_toy_base(out_dir=None, **recipe) -> Path:
                 "warmup_steps": r["warmup_steps"],
                 "scheduler": r["scheduler"],
                 "max_steps": r["steps"],
-                "log_every": 50,
+                "log_every": 100,
                 "device": "cpu",
             }
         )
         t = Trainer(
-            toy_model(tok, seed=r["seed"]),
+            toy_model(tok, seed=r["seed"], **r["model"]),
             cfg,
             loss_fn=_loss,
             train_data=rows,
             collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
             weight_fn=lambda b: int(b["completion_mask"][:, 1:].sum()),
             out_dir=out / "_run",
+            shuffle=False,
         )
         t0 = time.time()
         t.fit(resume=False)
