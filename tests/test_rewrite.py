@@ -11,7 +11,7 @@ import torch
 from alignbook.cli import main
 from alignbook.config import get_config
 from alignbook.data import DataFormatError
-from alignbook.lm.rewriter import train_rewriter
+from alignbook.lm.rewriter import RewriteRollouts, train_rewriter
 from alignbook.lm.rewrite import (
     alignment_rewards,
     boxed_ok,
@@ -310,7 +310,9 @@ def test_gpu_preset_loading_path_trains_on_tiny_local_model(tiny, tmp_path):
     res = train_rewriter(cfg, progress=False)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert {"reward", "accept", "r_dist", "r_div", "kl", "eval/accept", "eval/nll"} <= set(rows[-1])
+    assert {"reward", "accept", "frac_zero_std", "kl", "eval/accept", "eval/nll", "eval/diversity"} <= set(
+        rows[-1]
+    )
     assert all(math.isfinite(r["loss"]) for r in rows[1:])
     assert res.summary["rounds"] == 2 and 0 < res.summary["trainable"]
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
@@ -318,3 +320,29 @@ def test_gpu_preset_loading_path_trains_on_tiny_local_model(tiny, tmp_path):
     bad.write_text(json.dumps({"problem": "p", "answer": "1"}) + "\n")
     with pytest.raises(DataFormatError, match="row 0, field 'solution'"):
         train_rewriter(cfg.replace(dataset=str(bad)), progress=False)
+
+
+def test_rollouts_score_gates_and_uses_the_frozen_base():
+    from alignbook.lm.reference import make_reference
+    from alignbook.models import add_lora
+
+    tok = toy_tokenizer()
+    policy = add_lora(toy_model(tok, num_hidden_layers=1, hidden_size=32, intermediate_size=64), r=4)
+    with torch.no_grad():  # move the adapter away from B = 0: policy ≠ base
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    cfg = get_config("rewriter", "toy", group_size=3, qa_format="plain")
+    recs = [{"problem": "2+2?", "solution": "\\boxed{4}"}, {"problem": "1+5?", "solution": "\\boxed{6}"}]
+    texts = ["\\boxed{4}", "four: \\boxed{4}", "\\boxed{5}", "\\boxed{6}", "six", "\\boxed{6} ok"]
+    ro = RewriteRollouts(tok, cfg, recs, make_reference(cfg, policy, online=True), boxed_ok)
+    s = ro.score(policy, recs, texts, [False, False, False, False, False, True])
+    assert s["ok"].tolist() == [1, 1, 0, 1, 0, 0]  # the last is accepted by the verifier but truncated
+    assert s["rewards"][[2, 4, 5]].tolist() == [0, 0, 0] and (s["rewards"][[0, 1, 3]] >= 1).all()
+    with policy.disable_adapter():
+        want = qa_nll(policy, tok, ["2+2?"] * 3 + ["1+5?"] * 3, texts, "plain")
+    assert torch.allclose(s["nll"], want, atol=1e-5)  # scored by the base, not the adapted policy
+    assert not torch.allclose(
+        qa_nll(policy, tok, ["2+2?"] * 3 + ["1+5?"] * 3, texts, "plain"), want, atol=1e-3
+    )
+    assert s["r_dist"][3] == 0.5 and s["r_div"][3] == 0  # a group with one feasible rewrite

@@ -15,7 +15,7 @@ from ..train import atomic_write
 from .logps import sequence_logps
 from .reference import eval_mode
 from .rollout import sample_completions, pack_batch
-from . import gpoints
+from . import gpoints, skills
 from ..dryrun import dry_runnable
 
 # %% auto #0
@@ -236,12 +236,7 @@ def boxed_ok(record: dict, text: str) -> bool:
 
 def gpoints_ok(record: dict, text: str) -> bool:
     "The rewrite solves the toy GeneralPoints hand its problem states (the exact verifier)."
-    hand = gpoints.parse_toy_prompt(record["problem"])
-    try:
-        from alignbook.lm import skills  # toy world v2: the verifier of every solution style
-    except ImportError:
-        return gpoints.score_response(text, hand).reward == gpoints.CORRECT_REWARD
-    return bool(skills.solution_ok(text, hand))
+    return skills.solution_ok(text, gpoints.parse_toy_prompt(record["problem"]))
 
 
 VERIFIERS = {"boxed": boxed_ok, "gpoints": gpoints_ok}
@@ -390,8 +385,6 @@ def rewrite_request(record: dict):
         hand = gpoints.parse_toy_prompt(record["problem"])
     except ValueError:
         return rewrite_prompt(record["problem"], record["solution"])
-    from alignbook.lm import skills
-
     return [{"role": "user", "content": skills.rewrite_prompt(hand, record["solution"])}]
 
 

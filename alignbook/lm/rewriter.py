@@ -16,6 +16,7 @@ from .reference import make_reference
 from .rollout import sample_completions, pack_batch, completion_token_logps
 from .pg import grpo_advantages
 from .rltrain import rl_loss_fn, chunk_weight
+from . import skills
 from alignbook.lm.rewrite import (
     QA_FORMATS,
     alignment_rewards,
@@ -56,8 +57,6 @@ def records_from_rows(rows, where: str = "dataset") -> list[dict]:
 def rewriter_records(cfg) -> list[dict]:
     "The expert records `cfg.dataset` names: 'toy-expert' (the toy world's expert style), a file or a Hub id."
     if cfg.dataset == "toy-expert":
-        from alignbook.lm import skills
-
         rows = skills.expert_dataset(cfg.n_train + cfg.eval_size, seed=cfg.seed)
     else:
         rows = load_rows(cfg.dataset, split=cfg.get("dataset_split", "train"))
@@ -145,12 +144,11 @@ class RewriteRollouts:
         metrics = {
             "reward": float(s["rewards"].mean()),
             "accept": float(s["ok"].mean()),
-            "r_dist": float(s["r_dist"][feas].mean()) if feas.any() else 0.0,
-            "r_div": float(s["r_div"][feas].mean()) if feas.any() else 0.0,
-            "nll_feasible": float(s["nll"][feas].mean()) if feas.any() else float("nan"),
             "frac_zero_std": float((s["rewards"].view(-1, K).std(1) == 0).float().mean()),
             "completion_len": sum(len(r["completion_ids"]) for r in rows) / len(rows),
         }
+        if feas.any():  # the shaping terms and the NLL exist only inside the feasible set
+            metrics.update({k: float(s[k][feas].mean()) for k in ("r_dist", "r_div", "nll")})
         return [micro], metrics
 
 # %% ../../nbs/36a_rewriter.ipynb #24110e2f
