@@ -346,3 +346,17 @@ def test_rollouts_score_gates_and_uses_the_frozen_base():
         qa_nll(policy, tok, ["2+2?"] * 3 + ["1+5?"] * 3, texts, "plain"), want, atol=1e-3
     )
     assert s["r_dist"][3] == 0.5 and s["r_div"][3] == 0  # a group with one feasible rewrite
+
+
+def test_cli_train_rewriter(tiny, tmp_path, capsys):
+    data = _records(tmp_path / "d.jsonl", n=6)
+    out = tmp_path / "run"
+    args = ["train", "rewriter", "--preset", "toy", "--out", str(out), f"model={tiny}", f"dataset={data}"]
+    args += ["verifier=boxed", "qa_format=plain", "max_steps=1", "problems_per_step=2", "group_size=2"]
+    args += ["max_new_tokens=4", "eval_every=0", "device=cpu"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["summary"]["rounds"] == 1 and (out / "final" / "model.safetensors").exists()
+    bad = [a.replace(str(out), str(tmp_path / "run2")) for a in args] + ["verifier=regex"]
+    assert main(bad) == 2
+    assert "verifier" in capsys.readouterr().err

@@ -156,7 +156,8 @@ def run_rewriting(budget: str = "short", seed: int = 0, work=None, preset: str =
     b = BUDGETS[budget]
     work = Path(work or tempfile.mkdtemp(prefix="rewriting-"))
     t0 = time.perf_counter()
-    base, tok = load_policy(get_config("rewriter", preset, lora=False))
+    rcfg = get_config("rewriter", preset, lora=False)
+    base, tok = load_policy(rcfg)
     records = expert_records(b["n_train"], seed)
     before = suite_outcomes(base, tok, b["n_items"])
     out = dict(
@@ -165,7 +166,7 @@ def run_rewriting(budget: str = "short", seed: int = 0, work=None, preset: str =
             task=task_score(base, tok, b["n_hands"]), suite={k: sum(v) / len(v) for k, v in before.items()}
         ),
     )
-    prompted = model_rewriter(base, tok, 96, 128)(records)
+    prompted = model_rewriter(base, tok, rcfg.max_new_tokens, rcfg.gen_batch_size)(records)
     data = {"expert": records, "prompted": [fallback(r, t, gpoints_ok) for r, t in zip(records, prompted)]}
     data["policy"], curve = _policy_rewrites(records, seed, b, work, "rewriter", preset)
     out["rewriter_curve"] = [
