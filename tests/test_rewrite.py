@@ -212,6 +212,11 @@ def test_resume_after_interruption(tmp_path):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["row"] for r in rows] == list(range(7)) and all(r["accepted"] for r in rows)
     assert (res["n"], res["resumed_from"], res["new"], res["acceptance_rate"]) == (7, 4, 3, 1.0)
+    from alignbook.data import load_rows, validate_dataset
+
+    sft = load_rows(out)  # the output is SFT data as it stands
+    assert validate_dataset(sft, "sft") == "conversational"
+    assert sft[5]["completion"][0]["content"] == rows[5]["solution"] == "Adding one: \\boxed{6}"
     again = rewrite_records(good, dies_on_third_batch, boxed_ok, out, batch_size=2, progress=False)
     assert again["new"] == 0 and len(calls) == 5  # a finished file is not redone
     other = tmp_path / "other.jsonl"

@@ -22,7 +22,7 @@ from ..dryrun import dry_runnable
 __all__ = ['QA_FORMATS', 'REWRITE_INSTRUCTION', 'VERIFIERS', 'REQUIRED', 'alignment_rewards', 'mean_pair_distance',
            'diversity_rewards', 'rewrite_rewards', 'qa_prompt', 'qa_nll', 'embed_texts', 'rewrite_prompt',
            'final_answer', 'boxed_ok', 'gpoints_ok', 'get_verifier', 'fallback', 'record_problems', 'read_records',
-           'rewrite_records', 'rewrite_request', 'model_rewriter', 'rewrite_jsonl']
+           'sft_example', 'rewrite_records', 'rewrite_request', 'model_rewriter', 'rewrite_jsonl']
 
 # %% ../../nbs/36_rewrite.ipynb #be3347fe
 def _check_rewards_args(task_ok, nll, embeddings, lambda_dist, lambda_div) -> torch.Tensor:
@@ -338,6 +338,14 @@ def _done_rows(out: Path, by_row: dict) -> set[int]:
     return done
 
 
+def sft_example(record: dict) -> dict:
+    "SFT columns for a record: the problem as the user's turn, its solution as the assistant's."
+    return dict(
+        prompt=[{"role": "user", "content": record["problem"]}],
+        completion=[{"role": "assistant", "content": record["solution"]}],
+    )
+
+
 def rewrite_records(
     records: list[tuple[int, dict]], rewrite_fn, verify, out, batch_size: int = 16, progress: bool = True
 ) -> dict:
@@ -362,6 +370,7 @@ def rewrite_records(
                 raise ValueError(f"rewrite_fn returned {len(texts)} texts for {len(chunk)} records")
             for (i, r), t in zip(chunk, texts):
                 row = {"row": i, **fallback(r, t, verify)}
+                row.update(sft_example(row))
                 accepted += row["accepted"]
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()

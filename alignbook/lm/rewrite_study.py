@@ -16,7 +16,14 @@ from .logps import sequence_logps
 from .reference import eval_mode
 from .rollout import evaluate_policy, sample_completions
 from .sft import train_sft
-from .rewrite import embed_texts, fallback, gpoints_ok, mean_pair_distance, model_rewriter
+from alignbook.lm.rewrite import (
+    embed_texts,
+    fallback,
+    sft_example,
+    gpoints_ok,
+    mean_pair_distance,
+    model_rewriter,
+)
 from .rewriter import records_from_rows, train_rewriter
 
 # %% auto #0
@@ -32,13 +39,7 @@ def expert_records(n: int, seed: int) -> list[dict]:
 
 def sft_rows(records) -> list[dict]:
     "Chat prompt/completion rows: the problem as the user's turn, the (rewritten) solution as the answer."
-    return [
-        dict(
-            prompt=[{"role": "user", "content": r["problem"]}],
-            completion=[{"role": "assistant", "content": r["solution"]}],
-        )
-        for r in records
-    ]
+    return [sft_example(r) for r in records]
 
 
 @torch.no_grad()
