@@ -160,7 +160,7 @@ def is_own_style(text: str) -> bool:
 
 # %% ../../nbs/05c_skills.ipynb #0c44049f
 def expert_dataset(n: int, seed: int = 0, rule: gpoints.Rule = gpoints.ID_RULE) -> Dataset:
-    "`n` expert-style GeneralPoints demonstrations (prompt/completion conversations), held-out hands excluded."
+    "`n` expert-style GeneralPoints demonstrations (prompt/completion rows), held-out hands excluded."
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:

@@ -1,0 +1,135 @@
+"The toy world's skills: styles and their verifier, corpus hygiene, eval_skills and its command, the study's statistics."
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from alignbook.lm import gpoints, skills
+from alignbook.lm.sftrl_study import paired_effect
+from alignbook.toybase import toy_corpus, length_grouped, corpus_example
+
+HAND = gpoints.Hand(["K", "3", "4", "6"])
+
+
+@pytest.mark.parametrize("style", skills.STYLES)
+def test_every_style_verifies(style):
+    rng = random.Random(0)
+    for _ in range(30):
+        hand = gpoints.sample_hand(rng, gpoints.Rule.random(rng))
+        text = skills.solution_text(hand, skills.any_formula(hand, rng), style)
+        assert skills.solution_ok(text, hand), text
+        assert skills.is_own_style(text) == (style == "own")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "3*6=18, 18+10=28, 28-4=25.",  # a step is wrong
+        "3*6=18, 18+10=28.",  # a card unused
+        "3*6=18, 18+18=36, 36-12=24.",  # 18 used twice
+        "Answer: 3*6+10-4=25",
+        '{"number":[10,3,4,6],"formula":"3*6+10+4"}',
+        "",
+        "x" * 5000,
+    ],
+)
+def test_wrong_solutions_are_rejected(text):
+    assert not skills.solution_ok(text, HAND)
+
+
+def test_wilson_interval():
+    assert skills.wilson_interval(0, 20)[0] == 0.0
+    assert skills.wilson_interval(20, 20)[1] == 1.0
+    lo, hi = skills.wilson_interval(30, 100)
+    assert 0.21 < lo < 0.22 and 0.39 < hi < 0.40  # textbook values 0.2189, 0.3958
+
+
+def test_corpus_keeps_eval_items_out():
+    ds = toy_corpus(3000, seed=3)
+    assert set(ds["kind"]) == {"gpoints", "revision", "rewriting", "arithmetic", "strings", "format"}
+    held = {p for name in skills.TEXT_SKILLS for p, _ in skills.skill_items(name)}
+    for row in ds:
+        first = row["prompt"][0]["content"]
+        assert first not in held
+        if first.startswith("Cards:"):
+            assert not gpoints.is_held_out(gpoints.parse_toy_prompt(first))
+
+
+def test_revision_dialogue_is_the_verifiers_turn():
+    rng = random.Random(1)
+    for _ in range(50):
+        msgs, answer = corpus_example("revision", rng)
+        hand = gpoints.parse_toy_prompt(msgs[0]["content"])
+        score = gpoints.score_response(msgs[1]["content"], hand)
+        assert not score.correct
+        assert msgs[2]["content"] == gpoints.revision_prompt(score)
+        assert gpoints.score_response(answer, hand).correct
+
+
+def test_rewriting_keeps_the_formula():
+    rng = random.Random(2)
+    for _ in range(50):
+        msgs, answer = corpus_example("rewriting", rng)
+        hand = gpoints.parse_toy_prompt(msgs[0]["content"])
+        assert skills.is_own_style(answer) and skills.solution_ok(answer, hand)
+
+
+def test_length_grouped_batches():
+    rows = [{"input_ids": [0] * n} for n in random.Random(0).choices(range(5, 300), k=640)]
+    out = length_grouped(rows, 16, seed=0, span=5)
+    assert sorted(map(id, out)) == sorted(map(id, rows))
+    spread = [
+        max(len(r["input_ids"]) for r in out[i : i + 16]) - min(len(r["input_ids"]) for r in out[i : i + 16])
+        for i in range(0, len(out), 16)
+    ]
+    assert sum(spread) / len(spread) < 60  # random batches of this data spread over ~270 tokens
+
+
+def test_eval_skills_command(tmp_path):
+    from alignbook.models import toy_model, toy_tokenizer
+
+    tok = toy_tokenizer()
+    toy_model(
+        tok,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+    ).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alignbook.cli",
+            "eval",
+            "skills",
+            "--model",
+            str(tmp_path / "m"),
+            "--n",
+            "4",
+            "--n-hands",
+            "4",
+            "--json",
+            str(tmp_path / "s.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads((tmp_path / "s.json").read_text())["skills"]
+    assert [r["skill"] for r in rows] == list(skills.SKILLS)
+    assert all(0 <= r["lo"] <= r["success"] <= r["hi"] <= 1 for r in rows)
+    assert "95% interval" in out.stderr
+
+
+def test_paired_effect():
+    e = paired_effect([[1, 1, 0, 0], [1, 0, 0, 0]], [[0, 1, 0, 0], [0, 0, 0, 0]])
+    assert e["effect"] == 0.25 and e["n"] == 8
+    assert abs(e["se"] - (0.25 * 0.75 * 8 / 7) ** 0.5 / 8**0.5) < 1e-12
