@@ -10,12 +10,14 @@ from alignbook.lm import skills
 from alignbook.lm.rewrite_study import (
     ABLATIONS,
     ARMS,
-    paired_drop,
+    drop_points,
     paper_vs_ours,
     sft_loss_on,
     sft_rows,
+    suite_items,
     suite_outcomes,
     summarise,
+    task_score,
 )
 from alignbook.models import toy_model, toy_tokenizer
 
@@ -26,15 +28,24 @@ def tiny():
     return toy_model(tok, num_hidden_layers=1, hidden_size=32, intermediate_size=64, seed=0), tok
 
 
-def test_paired_drop():
-    before = {"a": [True] * 10, "b": [False] * 10}
-    after = {"a": [True] * 5 + [False] * 5, "b": [False] * 9 + [True]}
-    d = paired_drop(before, after)
-    assert d["drop"] == pytest.approx(100 * (0.5 - 0.1) / 2)
-    assert d["lo"] < d["drop"] < d["hi"] and d["hi"] - d["lo"] < 60
-    same = paired_drop(before, before)
+def test_drop_points_and_task_score():
+    before = [[1] * 10 + [0] * 10, [1] * 10 + [0] * 10]
+    after = [[1] * 5 + [0] * 15, [1] * 9 + [0] * 11]
+    d = drop_points(before, after)
+    assert d["drop"] == pytest.approx(100 * (5 + 1) / 40) and d["n"] == 40
+    assert d["lo"] < d["drop"] < d["hi"] and d["z"] > 0
+    same = drop_points(before, before)
     assert (same["drop"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
-    assert paired_drop(after, before)["drop"] == pytest.approx(-d["drop"])
+    assert drop_points(after, before)["drop"] == pytest.approx(-d["drop"])
+    t = task_score([[1, 0, 0, 0], [1, 1, 0, 0]])
+    assert (
+        t["success"] == 3 / 8
+        and t["n"] == 8
+        and (t["lo"], t["hi"]) == pytest.approx(skills.wilson_interval(3, 8))
+    )
+    assert suite_items({k: [True, False] for k in skills.FORGETTING_SUITE}) == [1, 0] * len(
+        skills.FORGETTING_SUITE
+    )
 
 
 def test_suite_outcomes_agree_with_eval_skills(tiny):
@@ -62,24 +73,24 @@ def test_sft_loss_on_matches_a_direct_computation(tiny):
     assert sft_loss_on(m, tok, recs, batch_size=1) == pytest.approx(total / n, abs=1e-4)
 
 
-def _record(seeds=2):
+def _record(seeds=2, policy_lost=1):
     runs = []
     for s in range(seeds):
-        t = dict(success=0.3 + 0.01 * s, lo=0.2, hi=0.4, n=100)
-        arm = lambda loss, drop: dict(  # noqa: E731
+        base_items = [1] * 20 + [0] * 20
+        arm = lambda loss, lost, task: dict(  # noqa: E731
             accept=0.5,
             loss0=loss + 0.01 * s,
             train_loss=loss / 2,
             diversity=0.1,
-            task=t,
             suite={},
-            forgetting=dict(drop=drop + s, lo=drop - 3, hi=drop + 3),
+            hands=[1] * task + [0] * (30 - task),
+            items=[0] * lost + [1] * (20 - lost) + [0] * 20,
         )
         runs.append(
             dict(
                 seed=s,
-                base=dict(task=t, suite={}),
-                arms=dict(expert=arm(2.0, 10.0), prompted=arm(1.5, 6.0), policy=arm(1.0, 3.0)),
+                base=dict(hands=[1] * 9 + [0] * 21, items=base_items, suite={}),
+                arms=dict(expert=arm(2.0, 8, 20), prompted=arm(1.5, 5, 20), policy=arm(1.0, policy_lost, 20)),
                 ablations={k: dict(accept=0.5, loss0=1.0, diversity=0.1) for k in ABLATIONS},
             )
         )
@@ -89,17 +100,14 @@ def _record(seeds=2):
 def test_summarise_and_paper_table():
     rows = summarise(_record(2))
     assert [r["arm"] for r in rows] == ["base", *ARMS]
-    pol = rows[-1]
-    assert pol["loss0"] == pytest.approx(1.005) and pol["drop"] == pytest.approx(3.5)
-    # two seeds: a t-interval (12.71 · sd / √2) around the mean, not the seeds' own intervals
-    assert pol["drop_hi"] - pol["drop"] == pytest.approx(12.71 * (0.5**0.5) / 2**0.5, rel=1e-3)
-    one = summarise(_record(1))[-1]
-    assert (one["drop_lo"], one["drop_hi"]) == (0.0, 6.0)
+    base, exp, pol = rows[0], rows[1], rows[-1]
+    assert base["task"] == pytest.approx(0.3) and exp["task"] == pytest.approx(20 / 30)
+    assert pol["loss0"] == pytest.approx(1.005) and pol["drop"] == pytest.approx(100 / 40)
+    assert exp["drop"] == pytest.approx(800 / 40) and exp["drop_lo"] < exp["drop"] < exp["drop_hi"]
+    assert pol["task_vs_expert_z"] == 0.0
     table = paper_vs_ours(rows)
     assert [t["agrees"] for t in table] == ["", "yes", "yes", "", "yes", "yes"]
-    worse = _record(1)
-    worse["runs"][0]["arms"]["policy"]["forgetting"]["drop"] = 20.0
-    assert paper_vs_ours(summarise(worse))[4]["agrees"] == "no"
+    assert paper_vs_ours(summarise(_record(1, policy_lost=15)))[4]["agrees"] == "no"
     json.dumps(rows)
 
 

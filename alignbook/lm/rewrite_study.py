@@ -4,7 +4,7 @@
 
 # %% ../../nbs/36b_rewrite_study.ipynb #984d09f0
 from __future__ import annotations
-import argparse, json, math, tempfile, time
+import argparse, json, tempfile, time
 from pathlib import Path
 import torch
 from ..config import get_config, register_study
@@ -14,7 +14,9 @@ from ..results import write_study
 from . import skills
 from .logps import sequence_logps
 from .reference import eval_mode
-from .rollout import evaluate_policy, sample_completions
+from .rollout import sample_completions
+from .sftrl_study import hand_outcomes, paired_effect
+from . import gpoints
 from .sft import train_sft
 from alignbook.lm.rewrite import (
     embed_texts,
@@ -28,8 +30,8 @@ from .rewriter import records_from_rows, train_rewriter
 
 # %% auto #0
 __all__ = ['BUDGETS', 'ABLATIONS', 'SFT_TOY', 'ARMS', 'PAPER', 'expert_records', 'sft_rows', 'sft_loss_on', 'dataset_diversity',
-           'suite_outcomes', 'paired_drop', 'task_score', 'run_rewriting', 'rewriting_study', 'summarise',
-           'markdown_table', 'study_rewriting', 'paper_vs_ours', 'check_diversity_rewards']
+           'suite_outcomes', 'suite_items', 'drop_points', 'task_score', 'run_rewriting', 'rewriting_study',
+           'summarise', 'markdown_table', 'study_rewriting', 'paper_vs_ours', 'check_diversity_rewards']
 
 # %% ../../nbs/36b_rewrite_study.ipynb #bb05cba5
 def expert_records(n: int, seed: int) -> list[dict]:
@@ -76,25 +78,28 @@ def suite_outcomes(model, tokenizer, n: int, seed: int = 0, batch_size: int = 12
     return out
 
 
-def paired_drop(before: dict, after: dict, n_boot: int = 2000, seed: int = 0) -> dict:
-    "Mean over skills of (before − after) success in points, with a paired bootstrap 95% interval over items."
-    names = list(before)
-    b = torch.tensor([before[k] for k in names], dtype=torch.float32)  # (skills, items)
-    a = torch.tensor([after[k] for k in names], dtype=torch.float32)
-    diff = b - a
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, diff.shape[1], (n_boot, diff.shape[1]), generator=g)
-    boots = diff[:, idx].mean(-1).mean(0) * 100  # resample items within each skill, the same rows for both
-    lo, hi = boots.quantile(torch.tensor([0.025, 0.975])).tolist()
-    return dict(drop=float(diff.mean() * 100), lo=lo, hi=hi)
+def suite_items(outcomes: dict) -> list[int]:
+    "One 0/1 list over every forgetting-suite item (skills in a fixed order)."
+    return [int(x) for k in skills.FORGETTING_SUITE for x in outcomes[k]]
 
 
-def task_score(model, tokenizer, n_hands: int, seed: int = 0) -> dict:
-    "Greedy first-try success on `n_hands` held-out ID hands, with its Wilson 95% interval."
-    r = evaluate_policy(model, tokenizer, "id", n_hands, seed, 1)
-    k = round(r["success_rate"] * n_hands)
-    lo, hi = skills.wilson_interval(k, n_hands)
-    return dict(success=k / n_hands, lo=lo, hi=hi, n=n_hands)
+def drop_points(before: list[list[int]], after: list[list[int]]) -> dict:
+    "The forgetting drop in points (before − after over seeds × items), its 95% interval (±1.96 SE) and z."
+    e = paired_effect(before, after)
+    return dict(
+        drop=100 * e["effect"],
+        lo=100 * (e["effect"] - 1.96 * e["se"]),
+        hi=100 * (e["effect"] + 1.96 * e["se"]),
+        z=e["z"],
+        n=e["n"],
+    )
+
+
+def task_score(outcomes: list[list[int]]) -> dict:
+    "ID success over seeds × held-out hands (0/1 each), with its Wilson 95% interval."
+    flat = [x for o in outcomes for x in o]
+    lo, hi = skills.wilson_interval(sum(flat), len(flat))
+    return dict(success=sum(flat) / len(flat), lo=lo, hi=hi, n=len(flat))
 
 # %% ../../nbs/36b_rewrite_study.ipynb #16a7e8cb
 BUDGETS = {
@@ -164,7 +169,9 @@ def run_rewriting(budget: str = "short", seed: int = 0, work=None, preset: str =
     out = dict(
         seed=seed,
         base=dict(
-            task=task_score(base, tok, b["n_hands"]), suite={k: sum(v) / len(v) for k, v in before.items()}
+            hands=hand_outcomes(base, tok, gpoints.ID_RULE, b["n_hands"]),
+            items=suite_items(before),
+            suite={k: sum(v) / len(v) for k, v in before.items()},
         ),
     )
     prompted = model_rewriter(base, tok, rcfg.max_new_tokens, rcfg.gen_batch_size)(records)
@@ -183,9 +190,9 @@ def run_rewriting(budget: str = "short", seed: int = 0, work=None, preset: str =
             loss0=sft_loss_on(base, tok, recs),
             train_loss=sum(losses) / len(losses),
             diversity=dataset_diversity(base, tok, recs),
-            task=task_score(res.model, tok, b["n_hands"]),
+            hands=hand_outcomes(res.model, tok, gpoints.ID_RULE, b["n_hands"]),
+            items=suite_items(after),
             suite={k: sum(v) / len(v) for k, v in after.items()},
-            forgetting=paired_drop(before, after, seed=seed),
         )
     out["arms"] = arms
     if b["ablate"]:
@@ -226,35 +233,16 @@ def rewriting_study(budget: str = "short", seeds: int | None = None, preset: str
     )
 
 
-def _t95(n: int) -> float:
-    return {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 1.96)
-
-
-def _mean_ci(xs: list[float], lo: list[float], hi: list[float]) -> tuple[float, float, float]:
-    m = sum(xs) / len(xs)
-    if len(xs) == 1:
-        return m, lo[0], hi[0]
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    h = _t95(len(xs)) * sd / math.sqrt(len(xs))
-    return m, m - h, m + h
-
-
 def summarise(rec: dict) -> list[dict]:
-    "One row per arm (means over seeds, 95% intervals) plus the base: task score, losses, forgetting, diversity."
+    "One row per arm over all seeds, plus the base: task score, losses, forgetting drop, diversity."
     runs = rec["runs"]
-    tasks = [r["base"]["task"] for r in runs]
-    t = _mean_ci([x["success"] for x in tasks], [x["lo"] for x in tasks], [x["hi"] for x in tasks])
-    rows = [dict(arm="base", task=t[0], task_lo=t[1], task_hi=t[2], seeds=len(runs))]
+    base_hands, base_items = [r["base"]["hands"] for r in runs], [r["base"]["items"] for r in runs]
+    t = task_score(base_hands)
+    rows = [dict(arm="base", task=t["success"], task_lo=t["lo"], task_hi=t["hi"], seeds=len(runs))]
     for arm in ARMS:
         a = [r["arms"][arm] for r in runs]
-        t = _mean_ci(
-            [x["task"]["success"] for x in a], [x["task"]["lo"] for x in a], [x["task"]["hi"] for x in a]
-        )
-        f = _mean_ci(
-            [x["forgetting"]["drop"] for x in a],
-            [x["forgetting"]["lo"] for x in a],
-            [x["forgetting"]["hi"] for x in a],
-        )
+        t, f = task_score([x["hands"] for x in a]), drop_points(base_items, [x["items"] for x in a])
+        vs = paired_effect([x["hands"] for x in a], [r["arms"]["expert"]["hands"] for r in runs])
         mean = lambda k: sum(x[k] for x in a) / len(a)  # noqa: E731
         rows.append(
             dict(
@@ -264,12 +252,14 @@ def summarise(rec: dict) -> list[dict]:
                 loss0=mean("loss0"),
                 train_loss=mean("train_loss"),
                 diversity=mean("diversity"),
-                task=t[0],
-                task_lo=t[1],
-                task_hi=t[2],
-                drop=f[0],
-                drop_lo=f[1],
-                drop_hi=f[2],
+                task=t["success"],
+                task_lo=t["lo"],
+                task_hi=t["hi"],
+                task_vs_expert_z=vs["z"],
+                drop=f["drop"],
+                drop_lo=f["lo"],
+                drop_hi=f["hi"],
+                drop_z=f["z"],
             )
         )
     return rows
@@ -333,7 +323,7 @@ def paper_vs_ours(rows: list[dict]) -> list[dict]:
             what="task score: policy vs expert",
             paper="55.23% vs on par",
             ours=f"{q['task']:.1%} vs {e['task']:.1%}",
-            agrees="yes" if q["task_lo"] <= e["task_hi"] and e["task_lo"] <= q["task_hi"] else "no",
+            agrees="yes" if abs(q["task_vs_expert_z"]) < 2 else "no",
         ),
     ]
 
