@@ -62,7 +62,7 @@ def alignment_rewards(nll: torch.Tensor, feasible: torch.Tensor) -> torch.Tensor
 
 
 def mean_pair_distance(embeddings: torch.Tensor) -> torch.Tensor:
-    "D(A): mean over unordered pairs of the cosine distance (1 − ê_j·ê_k)/2 of `embeddings` (n, D); 0 if n < 2."
+    "D(A): mean over unordered pairs of (1 − ê_j·ê_k)/2 for `embeddings` (n, D); 0 if n < 2."
     n = embeddings.shape[0]
     if n < 2:
         return embeddings.new_zeros(())
@@ -106,7 +106,7 @@ QA_FORMATS = ("chat", "plain")
 
 
 def qa_prompt(problem, qa_format: str = "plain"):
-    "The question alone: 'Problem: … Answer:' text ('plain'), or one user turn for the chat template ('chat')."
+    "The question alone: 'Problem: … Answer:' text ('plain'), or one user turn ('chat')."
     if qa_format not in QA_FORMATS:
         raise ValueError(f"qa_format must be one of {QA_FORMATS}, got {qa_format!r}")
     if not isinstance(problem, str):  # a conversation: its messages are the question
@@ -276,7 +276,7 @@ def record_problems(rec: dict, where: str) -> list[str]:
 
 
 def read_records(path) -> tuple[list[tuple[int, dict]], list[str]]:
-    "([(row, record)], [problems]) of a JSONL file of problem/solution records; each problem names line and field."
+    "([(row, record)], [problems]) of a JSONL of problem/solution records; problems name line and field."
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file; give a .jsonl file of problem/solution records")
@@ -389,7 +389,7 @@ def rewrite_records(
 
 
 def rewrite_request(record: dict):
-    "The rewriting prompt of a record: the toy world's own request for a toy GeneralPoints problem, else ours."
+    "A record's rewriting prompt: the toy world's request for a toy GeneralPoints problem, else ours."
     try:
         hand = gpoints.parse_toy_prompt(record["problem"])
     except ValueError:

@@ -35,7 +35,7 @@ __all__ = ['BUDGETS', 'ABLATIONS', 'SFT_TOY', 'ARMS', 'PAPER', 'expert_records',
 
 # %% ../../nbs/36b_rewrite_study.ipynb #bb05cba5
 def expert_records(n: int, seed: int) -> list[dict]:
-    "`n` expert-style GeneralPoints records (problem/solution), held-out hands excluded (`skills.expert_dataset`)."
+    "`n` expert-style GeneralPoints records (problem/solution) of `skills.expert_dataset`."
     return records_from_rows(skills.expert_dataset(n, seed=seed), "toy-expert")
 
 
@@ -62,7 +62,7 @@ def sft_loss_on(model, tokenizer, records, max_length: int = 384, batch_size: in
 
 
 def dataset_diversity(base, tokenizer, records) -> float:
-    "D of the targets: mean pairwise cosine distance of their base embeddings (mean-pooled last hidden state)."
+    "D of the targets: mean pairwise cosine distance of their base embeddings."
     return float(mean_pair_distance(embed_texts(base, tokenizer, [r["solution"] for r in records], 64)))
 
 # %% ../../nbs/36b_rewrite_study.ipynb #98cdd0d8
@@ -272,7 +272,7 @@ def markdown_table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
 
 
 def study_rewriting(argv: list[str]) -> dict:
-    "`alignbook study rewriting --budget smoke|short|long [--seeds N] [--out FILE]`: run, write the JSON record."
+    "`alignbook study rewriting --budget smoke|short|long [--seeds N] [--out FILE]`: run and record."
     p = argparse.ArgumentParser(prog="alignbook study rewriting")
     p.add_argument("--budget", default="short", choices=list(BUDGETS))
     p.add_argument("--seeds", type=int, default=None)

@@ -66,7 +66,7 @@ def rewriter_records(cfg) -> list[dict]:
 
 
 class RewriteRollouts:
-    "The Trainer's `make_batch` for the rewriting policy: K rewrites per problem, gated and scored, GRPO rows."
+    "The Trainer's `make_batch` for the rewriting policy: K rewrites a problem, gated, scored, GRPO rows."
 
     def __init__(self, tokenizer, cfg, records, ref, verify, prompt_fn=rewrite_request):
         self.tok, self.cfg, self.records, self.ref, self.verify = tokenizer, cfg, records, ref, verify
@@ -97,7 +97,7 @@ class RewriteRollouts:
 
     @torch.no_grad()
     def micro_batch(self, trainer, chunk: list[dict], update: list[dict]) -> dict:
-        "Packed rows, advantages, the chunk's share of the update, and the frozen base's log-probs for the KL."
+        "Packed rows, advantages, the chunk's share of the update, the frozen base's log-probs for the KL."
         cfg, dev = self.cfg, trainer.device
         b = pack_batch(
             [r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk], self.tok.pad_token_id, dev
@@ -154,7 +154,7 @@ class RewriteRollouts:
 # %% ../../nbs/36a_rewriter.ipynb #24110e2f
 @torch.no_grad()
 def evaluate_rewriter(policy, tokenizer, records, ref, verify, cfg) -> dict:
-    "Greedy generate–verify–fallback on `records`: acceptance, the base's QA NLL and diversity of the targets."
+    "Greedy generate–verify–fallback on `records`: acceptance, base QA NLL and diversity of the targets."
     texts = model_rewriter(policy, tokenizer, cfg.max_new_tokens, cfg.gen_batch_size)(records)
     rows = [fallback(r, t, verify) for r, t in zip(records, texts)]
     targets = [r["solution"] for r in rows]
