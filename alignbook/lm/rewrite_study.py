@@ -105,7 +105,7 @@ def task_score(outcomes: list[list[int]]) -> dict:
 BUDGETS = {
     "smoke": dict(n_train=8, rounds=1, problems=4, sft_steps=2, n_hands=8, n_items=8, seeds=1, ablate=False),
     "short": dict(
-        n_train=48, rounds=3, problems=8, sft_steps=12, n_hands=48, n_items=32, seeds=1, ablate=False
+        n_train=64, rounds=4, problems=8, sft_steps=20, n_hands=64, n_items=48, seeds=1, ablate=False
     ),
     "long": dict(
         n_train=512, rounds=40, problems=8, sft_steps=120, n_hands=234, n_items=200, seeds=3, ablate=True
