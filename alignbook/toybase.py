@@ -21,7 +21,7 @@ __all__ = ['MIX', 'BASE_RECIPE', 'corpus_hand', 'gpoints_example', 'corpus_examp
            'sha256_file', 'build_toy_base']
 
 # %% ../nbs/06_toy_base.ipynb #b5cb3158
-def corpus_hand(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.9) -> gpoints.Hand:
+def corpus_hand(rng: random.Random, p_id: float = 0.5, p_target24: float = 1.0) -> gpoints.Hand:
     "A solvable hand under the ID rule (prob. `p_id`) or a random face-card rule; never a held-out hand."
     target = 24 if rng.random() < p_target24 else rng.randint(10, 30)
     rule = (
@@ -33,7 +33,7 @@ def corpus_hand(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.9) 
             return hand
 
 
-def gpoints_example(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.9) -> tuple[str, str]:
+def gpoints_example(rng: random.Random, p_id: float = 0.5, p_target24: float = 1.0) -> tuple[str, str]:
     "A GeneralPoints prompt and the base's own answer (the solver's canonical formula)."
     hand = corpus_hand(rng, p_id, p_target24)
     return gpoints.toy_prompt(hand), skills.own_answer(hand)
@@ -54,14 +54,7 @@ def corpus_example(kind: str, rng: random.Random) -> tuple[list[dict], str]:
     return [{"role": "user", "content": prompt}], answer
 
 # %% ../nbs/06_toy_base.ipynb #da5cb21a
-MIX = {
-    "gpoints": 0.45,
-    "revision": 0.12,
-    "rewriting": 0.1,
-    "arithmetic": 0.11,
-    "strings": 0.11,
-    "format": 0.11,
-}
+MIX = {"gpoints": 0.5, "revision": 0.1, "rewriting": 0.1, "arithmetic": 0.1, "strings": 0.1, "format": 0.1}
 
 
 def toy_corpus(n: int, seed: int = 0, mix: dict | None = None, exclude_eval: bool = True) -> Dataset:
@@ -83,7 +76,7 @@ def toy_corpus(n: int, seed: int = 0, mix: dict | None = None, exclude_eval: boo
 
 # %% ../nbs/06_toy_base.ipynb #3c2927fc
 BASE_RECIPE = dict(
-    steps=6000,
+    steps=2800,
     batch_size=64,
     lr=2e-3,
     warmup_steps=100,

@@ -14,9 +14,9 @@ from . import gpoints
 from ..models import TOY_BASE, load_tokenizer, load_causal_lm, default_device
 
 # %% auto #0
-__all__ = ['STYLES', 'INSTRUCTIONS', 'FORMATS', 'TEXT_SKILLS', 'FORGETTING_SUITE', 'SKILLS', 'formula_steps', 'solution_text',
-           'own_answer', 'any_formula', 'expert_solution', 'steps_ok', 'answer_formula', 'solution_ok', 'is_own_style',
-           'expert_dataset', 'rewrite_prompt', 'rewrite_example', 'wrong_attempt', 'revision_example',
+__all__ = ['STYLES', 'INSTRUCTIONS', 'FORMATS', 'WORDS', 'TEXT_SKILLS', 'FORGETTING_SUITE', 'SKILLS', 'formula_steps',
+           'solution_text', 'own_answer', 'any_formula', 'expert_solution', 'steps_ok', 'answer_formula', 'solution_ok',
+           'is_own_style', 'expert_dataset', 'rewrite_prompt', 'rewrite_example', 'wrong_attempt', 'revision_example',
            'arithmetic_example', 'instruction_example', 'format_example', 'wilson_interval', 'skill_items',
            'rewriting_items', 'eval_skills', 'skills_table', 'eval_skills_cli']
 
@@ -250,7 +250,7 @@ def _word(rng: random.Random, lo: int = 2, hi: int = 7) -> str:
 def instruction_example(rng: random.Random) -> tuple[str, str]:
     "A one-step string instruction: ('Reverse: abc.', 'cba')."
     name = rng.choice(sorted(INSTRUCTIONS))
-    w = _word(rng)
+    w = _word(rng, 2, 5)
     return f"{name}: {w}.", INSTRUCTIONS[name](w)
 
 
@@ -263,10 +263,16 @@ FORMATS = {
 }
 
 
+WORDS = tuple(
+    "cat dog sun sky red map cup box pen hat owl fox bee ant egg ice jam key kit log mud net oak pig rat "
+    "sea tea toy van web yak zip art bus car day end fig gum hen ink".split()
+)
+
+
 def format_example(rng: random.Random) -> tuple[str, str]:
-    "A format-following instruction over a few words: ('Join with dashes: ab cd.', 'ab-cd')."
+    "A format-following instruction over a few common words: ('Join with dashes: cat dog.', 'cat-dog')."
     name = rng.choice(sorted(FORMATS))
-    words = [_word(rng, 2, 4) for _ in range(rng.randint(2, 4))]
+    words = [rng.choice(WORDS) for _ in range(rng.randint(2, 4))]
     return f"{name}: {' '.join(words)}.", FORMATS[name](words)
 
 # %% ../../nbs/05c_skills.ipynb #e4446e51
