@@ -23,7 +23,7 @@ from alignbook.config import (
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED', 'EXIT_REFUSED', 'EXIT_SIGINT', 'EXIT_SIGTERM', 'FINISHED',
            'result_summary', 'cmd_list', 'validate_run_dir', 'validate_data', 'cmd_train', 'cmd_bench', 'cmd_study',
-           'cmd_eval', 'cmd_build_base', 'cmd_book', 'parser', 'main']
+           'cmd_eval', 'cmd_rewrite', 'cmd_build_base', 'cmd_book', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #80d87390
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_REFUSED = 0, 2, 3, 4
@@ -198,6 +198,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_rewrite(args) -> int:
+    from alignbook.lm.rewrite import rewrite_jsonl
+
+    res = rewrite_jsonl(
+        args.model,
+        args.data,
+        args.out,
+        verifier=args.verifier,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        skip_bad=args.skip_bad,
+    )
+    _print_json(res)
+    return 0
+
+
 def cmd_build_base(args) -> int:
     from alignbook.toybase import build_toy_base
 
@@ -317,6 +333,19 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("name")
         s.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments for the {kind}")
         s.set_defaults(fn=fn)
+    rw = sub.add_parser(
+        "rewrite", help="generate–verify–fallback: rewrite a JSONL of problem/solution records with a model"
+    )
+    rw.add_argument("--model", required=True, help="toy-base, a save_pretrained directory or a Hub id")
+    rw.add_argument(
+        "--data", required=True, help="JSONL records with 'problem' and 'solution' (and 'answer')"
+    )
+    rw.add_argument("--out", required=True, help="output JSONL; rerunning the command resumes it")
+    rw.add_argument("--verifier", default="auto", choices=["auto", "boxed", "gpoints"])
+    rw.add_argument("--batch-size", type=int, default=16)
+    rw.add_argument("--max-new-tokens", type=int, default=256)
+    rw.add_argument("--skip-bad", action="store_true", help="leave bad records out instead of stopping")
+    rw.set_defaults(fn=cmd_rewrite)
     b = sub.add_parser(
         "book", help="execute the notebooks headless in a preset and render the site into _book/"
     )
