@@ -753,7 +753,7 @@ class Trainer:
         self.pbar = tqdm(
             total=self.cfg.max_steps,
             initial=self.step,
-            disable=not self.is_main,
+            disable=not self.is_main or self.pbar is False,  # pbar=False before fit(): no progress bar
             desc=self.cfg.get("objective") or "train",
         )
         last, t0, window = (self.history[-1] if self.history else {}), time.perf_counter(), self._window

@@ -27,8 +27,8 @@ __all__ = ['REWARD_MODELS', 'FAIL_TOY', 'FAIL_GPU', 'flow_policy_ratio', 'cfm_dr
            'discriminator_loss', 'discriminator_accuracy', 'gail_reward', 'generator_loss', 'group_advantages',
            'ppo_clip_loss', 'fail_pg_loss', 'sde_logprobs', 'pathwise_clean_sample', 'grid_timesteps', 'fail_pd_loss',
            'frozen', 'sample_ode_last_k', 'expert_style', 'expert_data', 'distance_to_expert', 'policy_samples',
-           'ImageDiscriminator', 'FlowFeatureDiscriminator', 'make_discriminator', 'FailPair', 'ink_reward',
-           'fail_param_groups', 'sft_cold_start', 'DigitsTask', 'train_fail', 'check_flow_policy_ratio',
+           'nearest_distance', 'ImageDiscriminator', 'FlowFeatureDiscriminator', 'make_discriminator', 'FailPair',
+           'ink_reward', 'fail_param_groups', 'sft_cold_start', 'DigitsTask', 'train_fail', 'check_flow_policy_ratio',
            'check_implied_clean_sample', 'PromptEncoder', 'FluxVelocity', 'local_pipeline_dir', 'load_flux_policy',
            'VLMDiscriminator', 'vlm_image_patches', 'LatentVLMDiscriminator', 'load_vlm_discriminator', 'ExpertImages',
            'PromptTask', 'ReferenceVelocity', 'load_fail_gpu', 'save_flux_lora', 'build_tiny_flux', 'build_tiny_vlm',
@@ -308,6 +308,11 @@ def policy_samples(
     c = torch.arange(n) % 10
     return sample_ode(model, z, c, steps=steps), c
 
+# %% ../../nbs/46_fail.ipynb #5f7a0c02
+def nearest_distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    "Euclidean distance (B,) from each image of x (B, ...) to its nearest image in ref (N, ...)."
+    return torch.cdist(x.flatten(1).float(), ref.flatten(1).float()).min(1).values
+
 # %% ../../nbs/46_fail.ipynb #2523f1b3
 class ImageDiscriminator(nn.Module):
     "CNN critic for (B,1,R,R) images → logits (B,); conditional adds a class projection term ⟨e_c, h(x)⟩."
@@ -415,7 +420,7 @@ def sft_cold_start(cfg, policy: nn.Module, ex: dict, progress: bool = False) -> 
     tr = Trainer(
         policy.train(), sub, loss_fn=flow_loss_fn, train_data=rows, collate_fn=collate_digits, out_dir=out
     )
-    tr.pbar = None
+    tr.pbar = None if progress else False
     tr.fit()
     return tr.unwrapped.eval()
 
