@@ -356,3 +356,34 @@ def test_gpu_loading_path_on_tiny_local_models(tmp_path):
     assert_eq(logits.shape, (3,))
     discriminator_loss(logits[:2], logits[2:]).backward()
     assert vd.head.weight.grad is not None and all(p.grad is None for p in vd.vlm.parameters())
+
+
+def test_study_resumes_from_its_partial_record(tmp_path, monkeypatch):
+    import json
+
+    from alignbook.diffusion import fail_study as fs
+
+    name = "FAIL-PD (conditional D)"
+    done = {
+        "name": name,
+        "seed": 0,
+        "dist": {"mmd": 0.1},
+        "ink": 0.4,
+        "fidelity": 0.9,
+        "seconds": 7.0,
+        "curve": [],
+    }
+    part = tmp_path / "fail_smoke.partial.jsonl"
+    part.write_text(json.dumps(done) + "\n" + '{"name": "half-writ')  # a run finished, then a crash mid-line
+
+    def must_not_run(job):
+        raise AssertionError(f"reran {job[0]['name']} seed {job[1]}")
+
+    monkeypatch.setattr(fs, "_run_star", must_not_run)
+    monkeypatch.setattr(
+        fs, "policy_samples", lambda m, k, *a: (torch.zeros(k, 1, 8, 8), torch.arange(k) % 10)
+    )
+    monkeypatch.setattr(fs, "class_fidelity", lambda *a, **kw: 0.0)  # the base's row is not what is tested
+    rec = fs.fail_study("smoke", seeds=1, only=name, partial=part)
+    assert [r["name"] for r in rec["runs"]] == [name] and rec["run_seconds"] == 7.0
+    assert rec["command"].startswith("alignbook study fail")

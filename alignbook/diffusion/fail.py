@@ -27,12 +27,12 @@ __all__ = ['REWARD_MODELS', 'FAIL_TOY', 'FAIL_GPU', 'flow_policy_ratio', 'cfm_dr
            'discriminator_loss', 'discriminator_accuracy', 'gail_reward', 'generator_loss', 'group_advantages',
            'ppo_clip_loss', 'fail_pg_loss', 'sde_logprobs', 'pathwise_clean_sample', 'grid_timesteps', 'fail_pd_loss',
            'frozen', 'sample_ode_last_k', 'expert_style', 'expert_data', 'distance_to_expert', 'policy_samples',
-           'nearest_distance', 'ImageDiscriminator', 'FlowFeatureDiscriminator', 'make_discriminator', 'FailPair',
-           'ink_reward', 'fail_param_groups', 'sft_cold_start', 'DigitsTask', 'train_fail', 'check_flow_policy_ratio',
-           'check_implied_clean_sample', 'PromptEncoder', 'FluxVelocity', 'local_pipeline_dir', 'load_flux_policy',
-           'VLMDiscriminator', 'vlm_image_patches', 'LatentVLMDiscriminator', 'load_vlm_discriminator', 'ExpertImages',
-           'PromptTask', 'ReferenceVelocity', 'load_fail_gpu', 'save_flux_lora', 'build_tiny_flux', 'build_tiny_vlm',
-           'build_tiny_experts']
+           'ImageDiscriminator', 'FlowFeatureDiscriminator', 'make_discriminator', 'FailPair', 'ink_reward',
+           'fail_param_groups', 'sft_cold_start', 'DigitsTask', 'train_fail', 'nearest_distance',
+           'check_flow_policy_ratio', 'check_implied_clean_sample', 'PromptEncoder', 'FluxVelocity',
+           'local_pipeline_dir', 'load_flux_policy', 'VLMDiscriminator', 'vlm_image_patches', 'LatentVLMDiscriminator',
+           'load_vlm_discriminator', 'ExpertImages', 'PromptTask', 'ReferenceVelocity', 'load_fail_gpu',
+           'save_flux_lora', 'build_tiny_flux', 'build_tiny_vlm', 'build_tiny_experts']
 
 # %% ../../nbs/46_fail.ipynb #678d4c23
 def flow_policy_ratio(cfm_old: torch.Tensor, cfm_new: torch.Tensor, clamp: float = 3.0) -> torch.Tensor:
@@ -307,11 +307,6 @@ def policy_samples(
     z = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
     c = torch.arange(n) % 10
     return sample_ode(model, z, c, steps=steps), c
-
-# %% ../../nbs/46_fail.ipynb #5f7a0c02
-def nearest_distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    "Euclidean distance (B,) from each image of x (B, ...) to its nearest image in ref (N, ...)."
-    return torch.cdist(x.flatten(1).float(), ref.flatten(1).float()).min(1).values
 
 # %% ../../nbs/46_fail.ipynb #2523f1b3
 class ImageDiscriminator(nn.Module):
@@ -731,6 +726,11 @@ register_objective(
     gpu=FAIL_GPU,
     help="FAIL-PG: adversarial imitation for flows, policy gradient with the FPO (or Flow-GRPO SDE) ratio",
 )
+
+# %% ../../nbs/46_fail.ipynb #5f7a0c02
+def nearest_distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    "Euclidean distance (B,) from each image of x (B, ...) to its nearest image in ref (N, ...)."
+    return torch.cdist(x.flatten(1).float(), ref.flatten(1).float()).min(1).values
 
 # %% ../../nbs/46_fail.ipynb #03a3b536
 def check_flow_policy_ratio(fn) -> None:
