@@ -231,6 +231,14 @@ def test_gpu_path_trains_checkpoints_and_resumes_on_tiny_local_models(tmp_path, 
     assert set(load_file(str(ck))) == trainable  # LoRA + the head only: no frozen 12B weights in checkpoints
     lora = load_file(str(tmp_path / "full" / "final" / "pytorch_lora_weights.safetensors"))
     assert lora and all(k.startswith("transformer.") and "lora_" in k for k in lora)
+    from diffusers import FluxTransformer2DModel
+
+    fresh = FluxTransformer2DModel.from_pretrained(tiny_gpu_world[0] / "transformer")
+    fresh.load_lora_adapter(lora, prefix="transformer", adapter_name="fail")  # diffusers reads the final LoRA
+    got = dict(fresh.named_parameters())
+    for n, p in pair.policy.transformer.named_parameters():
+        if "lora_B" in n:
+            assert torch.equal(got[n.replace(".default.", ".fail.")].detach(), p.detach()), n
     train_fail(_gpu_cfg(objective, tiny_gpu_world, tmp_path / "cut"), until=1, progress=False)
     resumed = train_fail(_gpu_cfg(objective, tiny_gpu_world, tmp_path / "cut"), progress=False)
     a, b = pair.state_dict(), resumed["model"].state_dict()
