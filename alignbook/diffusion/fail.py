@@ -395,7 +395,7 @@ REWARD_MODELS = {"ink": ink_reward}
 
 
 def fail_param_groups(pair: FailPair, disc_lr: float) -> list[dict]:
-    "The Trainer's optimiser groups: the policy's trainable weights at cfg.lr, the discriminator's at disc_lr."
+    "The Trainer's optimiser groups: the policy's trainable weights at cfg.lr, the discriminator's at disc_lr"
     return [
         {"params": [p for p in pair.policy.parameters() if p.requires_grad]},
         {"params": [p for p in pair.disc.parameters() if p.requires_grad], "lr": disc_lr},
@@ -448,13 +448,14 @@ def _check_fail_cfg(cfg):
         if not cfg.get("dataset"):
             raise ValueError(
                 f"train_fail: model={cfg.model!r} needs dataset= a directory (or .jsonl) of rows "
-                "{'prompt', 'file_name'} or a Hub dataset with 'image' and 'prompt' columns: one expert image "
-                "per prompt (the paper: 13k)"
+                "{'prompt', 'file_name'} or a Hub dataset with 'image' and 'prompt' columns: one expert "
+                "image per prompt (the paper: 13k)"
             )
         if cfg.discriminator in ("conditional", "unconditional", "flow"):
             raise ValueError(
-                f"train_fail: discriminator={cfg.discriminator!r} is a toy critic for 8×8 digits; with a FLUX "
-                "model give a vision-language model's name or path (gpu preset: Qwen/Qwen3-VL-2B-Instruct)"
+                f"train_fail: discriminator={cfg.discriminator!r} is a toy critic for 8×8 digits; with a "
+                "FLUX model give a vision-language model's name or path (gpu preset: "
+                "Qwen/Qwen3-VL-2B-Instruct)"
             )
         if cfg.reward_model is not None or cfg.sft_steps or cfg.pathwise != "renoise" or cfg.ratio != "fpo":
             raise ValueError(
@@ -685,7 +686,7 @@ FAIL_TOY = dict(
 FAIL_GPU = dict(
     model="black-forest-labs/FLUX.1-dev",  # the paper's policy, LoRA-adapted
     discriminator="Qwen/Qwen3-VL-2B-Instruct",  # VLM (frozen) + linear head on the last token
-    dataset=None,  # required: a dir of {prompt, file_name} rows or a Hub set; paper: 13k prompts, 1 image each
+    dataset=None,  # required: a dir of {prompt, file_name} rows or a Hub set (paper: 13k prompts, 1 image)
     n_prompts=None,  # use only the first n prompts (None: all)
     resolution=1024,  # generated and expert images, pixels
     disc_resolution=448,  # what the VLM sees (a multiple of its patch × merge size)
@@ -759,7 +760,7 @@ def check_implied_clean_sample(fn) -> None:
 
 # %% ../../nbs/46_fail.ipynb #50104a64
 class PromptEncoder(nn.Module):
-    "Frozen CLIP + T5 of a FLUX pipeline: prompt ids (B,) → cond (B,1+T,D) = [pooled CLIP (padded); T5 tokens]."
+    "Frozen CLIP + T5 of a FLUX pipeline: prompt ids (B,) → cond (B,1+T,D) = [pooled CLIP, padded; T5]."
 
     def __init__(
         self, prompts: list[str], tokenizer, text_encoder, tokenizer_2, text_encoder_2, max_length=512
@@ -815,7 +816,7 @@ class PromptEncoder(nn.Module):
 
 
 class FluxVelocity(nn.Module):
-    "v(x, σ, cond) for a FluxTransformer2DModel: latents x (B,C,H,W); cond (B,1+T,D) = [pooled; T5] or prompt ids (B,)."
+    "v(x, σ, cond) for a FluxTransformer2DModel: latents x (B,C,H,W); cond (B,1+T,D) or prompt ids (B,)."
 
     def __init__(self, transformer: nn.Module, prompts: PromptEncoder | None = None, guidance: float = 3.5):
         super().__init__()
@@ -881,7 +882,7 @@ def load_flux_policy(
     max_length: int = 512,
     targets=("to_q", "to_k", "to_v", "to_out.0"),
 ) -> FluxVelocity:
-    "The FLUX transformer at `path` (pipeline dir or its transformer/) with LoRA; with `prompts`, its text encoders."
+    "The FLUX transformer at `path` (pipeline or transformer/ dir) + LoRA; with `prompts`, its text encoders."
     from diffusers import FluxTransformer2DModel
     from peft import LoraConfig
 
@@ -935,7 +936,7 @@ class VLMDiscriminator(nn.Module):
 def vlm_image_patches(
     images: torch.Tensor, vision_config, size: int, mean=(0.5,) * 3, std=(0.5,) * 3
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Images (B,3,H,W) in [−1,1] → Qwen-VL pixel_values (B·h·w, 3·T·P·P) and image_grid_thw (B,3), differentiably."
+    "Images (B,3,H,W) in [−1,1] → Qwen-VL pixel_values (B·h·w, 3·T·P·P), image_grid_thw (B,3), with grad."
     P, M, T = vision_config.patch_size, vision_config.spatial_merge_size, vision_config.temporal_patch_size
     if size % (P * M):
         raise ValueError(f"vlm_image_patches: size={size} must be a multiple of patch×merge = {P * M}")
@@ -951,7 +952,7 @@ def vlm_image_patches(
 
 
 class LatentVLMDiscriminator(nn.Module):
-    "D(latents, prompt ids): decode with the frozen VAE, show image + prompt to a VLMDiscriminator → logits (B,)."
+    "D(latents, prompt ids): decode with the frozen VAE, show image + prompt to a VLMDiscriminator → (B,)."
 
     def __init__(
         self,
@@ -997,7 +998,7 @@ class LatentVLMDiscriminator(nn.Module):
         return ((z.float() - (c.shift_factor or 0.0)) * c.scaling_factor).float()
 
     def text_inputs(self, cond: torch.Tensor, n_image: int) -> tuple[torch.Tensor, torch.Tensor]:
-        "input_ids (B,L) = <vision_start> <image>×n <vision_end> prompt, right-padded, and the attention mask."
+        "input_ids (B,L) = <vision_start> <image>×n <vision_end> prompt, right-padded; the attention mask."
         rows = [
             [self.ids["start"], *[self.ids["image"]] * n_image, self.ids["end"]]
             + self.tokenizer(self.prompts[int(i)], add_special_tokens=False).input_ids
@@ -1117,7 +1118,7 @@ class ReferenceVelocity(nn.Module):
 
 
 def load_fail_gpu(cfg) -> tuple:
-    "The gpu preset's models: (FLUX policy with LoRA, latent VLM discriminator, PromptTask, LoRA-off reference)."
+    "The gpu preset's (FLUX policy with LoRA, latent VLM discriminator, PromptTask, LoRA-off reference)."
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
     experts = ExpertImages(cfg.dataset, cfg.get("n_prompts"))
     pipe = local_pipeline_dir(cfg.model)

@@ -127,7 +127,7 @@ def _run_star(a):
 def fail_study(
     budget: str = "short", seeds: int = 3, workers: int = 1, only: str | None = None, partial=None
 ) -> dict:
-    "Every study run for `seeds` seeds in `workers` processes; runs finished in `partial` are kept, not rerun."
+    "Every study run for `seeds` seeds in `workers` processes; runs already in `partial` are kept, not rerun."
     import alignbook
 
     t0 = time.perf_counter()
