@@ -64,6 +64,7 @@ def _runs(budget: str) -> list[dict]:
             draft_k=2,
             **common,
         ),
+        dict(name="FAIL via DRaFT-2 (adversarial)", objective=pd, pathwise="draft", draft_k=2, **common),
         dict(name="FAIL-PD knob: lr=3e-5", objective=pd, lr=3e-5, **common),
         dict(name="FAIL-PD knob: β_ref=1", objective=pd, beta_ref=1.0, **common),
     ]
