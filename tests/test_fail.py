@@ -395,3 +395,16 @@ def test_study_resumes_from_its_partial_record(tmp_path, monkeypatch):
     rec = fs.fail_study("smoke", seeds=1, only=name, partial=part)
     assert [r["name"] for r in rec["runs"]] == [name] and rec["run_seconds"] == 7.0
     assert rec["command"].startswith("alignbook study fail")
+
+
+def test_study_sft_only_run_goes_through_the_checked_config(monkeypatch):
+    from alignbook.diffusion import fail_study as fs
+
+    monkeypatch.setattr(fs, "class_fidelity", lambda *a, **kw: 0.0)
+    monkeypatch.setattr(
+        fs, "policy_samples", lambda m, k, *a: (torch.zeros(k, 1, 8, 8), torch.arange(k) % 10)
+    )
+    rec = fs.fail_study("smoke", seeds=1, only="SFT only")
+    (run,) = rec["runs"]
+    assert run["overrides"]["max_steps"] == 0 and [c["round"] for c in run["curve"]] == [0]
+    assert "dist" in run["curve"][0] and run["dist"]["mmd"] > 0

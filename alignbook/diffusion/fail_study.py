@@ -90,7 +90,10 @@ def run_fail(spec: dict, seed: int) -> dict:
     "One study run: train_fail with the overrides at `seed`; curves, final distance (95% CI), ink, fidelity."
     spec = dict(spec)
     name, objective = spec.pop("name"), spec.pop("objective")
-    cfg = get_config(objective, "toy", seed=seed, **spec)
+    sft_only = spec.get("max_steps") == 0  # "SFT only": the cold start and no FAIL step after it
+    cfg = get_config(objective, "toy", seed=seed, **{k: v for k, v in spec.items() if k != "max_steps" or v})
+    if sft_only:
+        cfg = cfg.replace(max_steps=0)  # the command line refuses 0 steps; here it means "evaluate the SFT"
     t0 = time.perf_counter()
     out = train_fail(cfg, progress=False)
     xs, c = policy_samples(out["model"].policy, cfg.final_eval_size, cfg.sample_steps)
