@@ -233,7 +233,7 @@ def study_path(budget: str = "short") -> Path:
 
 def bench_fail_study(argv: list[str]) -> dict:
     "`alignbook study fail --budget short|long [--seeds N] [--workers N] [--out FILE]`: run and record."
-    import argparse
+    import argparse, shlex
 
     p = argparse.ArgumentParser(prog="alignbook study fail")
     p.add_argument("--budget", default="short", choices=["smoke", "short", "long"])
@@ -245,7 +245,7 @@ def bench_fail_study(argv: list[str]) -> dict:
     seeds = a.seeds or {"smoke": 1, "short": 3, "long": 5}[a.budget]
     out = Path(a.out) if a.out else study_path(a.budget)
     rec = fail_study(a.budget, seeds, a.workers, a.only, out.with_suffix(".partial.jsonl"))
-    rec["command"] = "alignbook study fail " + " ".join(argv)
+    rec["command"] = "alignbook study fail " + shlex.join(argv)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1))
     return {"out": str(out), "seconds": rec["seconds"], "runs": len(rec["runs"])}
