@@ -324,6 +324,25 @@ def deferred_signals():
         _STOP["depth"] = 0
 
 
+def _check_param_groups(groups: list[dict], params: list) -> list[dict]:
+    "Optimiser groups that split the trainable `params` exactly (each once); else a ValueError saying how."
+    seen = {}
+    for i, g in enumerate(groups):
+        if not g.get("params"):
+            raise ValueError(f"param_groups[{i}] has no 'params': give each group a non-empty list")
+        for p in g["params"]:
+            if id(p) in seen:
+                raise ValueError(f"param_groups[{i}] repeats a parameter of group {seen[id(p)]}")
+            seen[id(p)] = i
+    want = {id(p) for p in params}
+    if set(seen) != want:
+        raise ValueError(
+            f"param_groups hold {len(set(seen) - want)} parameter(s) that are not trainable and miss "
+            f"{len(want - set(seen))} trainable one(s): each trainable parameter belongs to exactly one group"
+        )
+    return [{**g, "params": list(g["params"])} for g in groups]
+
+
 class Trainer:
     "The shared training loop: accumulation, precision, checkpoints, exact resume, metrics, NaN guard."
 
@@ -340,6 +359,7 @@ class Trainer:
         make_batch: Callable | None = None,
         out_dir=None,
         shuffle: bool = True,
+        param_groups: list[dict] | None = None,
     ):
         self.cfg, self.loss_fn, self.train_data, self.collate_fn = cfg, loss_fn, train_data, collate_fn
         self.eval_fn, self.weight_fn = eval_fn, weight_fn
@@ -356,7 +376,8 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model has no trainable parameters (all requires_grad=False)")
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.get("weight_decay", 0.0))
+        groups = _check_param_groups(param_groups, params) if param_groups else params
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.get("weight_decay", 0.0))
         self.model, self.optimizer = self.accelerator.prepare(model, opt)
         self.scheduler = get_scheduler(
             cfg.get("scheduler", "constant")
@@ -732,7 +753,7 @@ class Trainer:
         self.pbar = tqdm(
             total=self.cfg.max_steps,
             initial=self.step,
-            disable=not self.is_main,
+            disable=not self.is_main or self.pbar is False,  # pbar=False before fit(): no progress bar
             desc=self.cfg.get("objective") or "train",
         )
         last, t0, window = (self.history[-1] if self.history else {}), time.perf_counter(), self._window

@@ -146,9 +146,14 @@ def test_resume_bit_for_bit(tmp_path, objective, kw):
     assert any(not torch.equal(base[k], a["policy." + k]) for k in base)  # the policy did move
 
 
-def test_gpu_preset_and_bad_config_are_clear(tmp_path):
-    with pytest.raises(NotImplementedError, match="FLUX"):
-        train_fail(get_config("fail-pd", "gpu", out_dir=str(tmp_path)), progress=False)
+def test_gpu_preset_names_the_paper_and_bad_config_is_clear(tmp_path):
+    gpu = get_config("fail-pd", "gpu", out_dir=str(tmp_path))
+    assert (gpu.model, gpu.discriminator) == ("black-forest-labs/FLUX.1-dev", "Qwen/Qwen3-VL-2B-Instruct")
+    assert gpu.lora and gpu.mixed_precision == "bf16" and gpu.sample_steps == 28 and gpu.disc_warmup == 25
+    with pytest.raises(ValueError, match="needs dataset="):
+        train_fail(gpu, progress=False)
+    with pytest.raises(ValueError, match="toy critic"):
+        train_fail(gpu.replace(dataset=str(tmp_path), discriminator="conditional"), progress=False)
     with pytest.raises(ValueError, match="multiple of group_size"):
         train_fail(_cfg("fail-pg", tmp_path, batch_size=6, group_size=4), progress=False)
 
@@ -181,6 +186,115 @@ def test_cli_lists_the_objectives():
     objs = load_plugins()
     assert {"fail-pd", "fail-pg"} <= set(objs)
     assert objs["fail-pd"].gpu["model"] == "black-forest-labs/FLUX.1-dev"
+
+
+@pytest.fixture(scope="module")
+def tiny_gpu_world(tmp_path_factory):
+    from alignbook.diffusion.fail import build_tiny_experts, build_tiny_flux, build_tiny_vlm
+
+    d = tmp_path_factory.mktemp("tiny_gpu")
+    return build_tiny_flux(d / "flux"), build_tiny_vlm(d / "vlm"), build_tiny_experts(d / "experts", 6, 16)
+
+
+def _gpu_cfg(objective, world, out, **kw):
+    "The gpu preset itself, its model paths pointed at tiny local models, sized for a CPU test."
+    flux, vlm, experts = world
+    small = dict(resolution=16, disc_resolution=16, max_prompt_length=8, sample_steps=2, max_steps=3)
+    small.update(disc_warmup=1, batch_size=2, group_size=2, cfm_draws=2, mixed_precision="no", device="cpu")
+    return get_config(
+        objective,
+        "gpu",
+        model=str(flux),
+        discriminator=str(vlm),
+        dataset=str(experts),
+        out_dir=str(out),
+        save_every=1,
+        **{**small, **kw},
+    )
+
+
+@pytest.mark.parametrize("objective", ["fail-pd", "fail-pg"])
+def test_gpu_path_trains_checkpoints_and_resumes_on_tiny_local_models(tmp_path, tiny_gpu_world, objective):
+    from safetensors.torch import load_file
+
+    full = train_fail(_gpu_cfg(objective, tiny_gpu_world, tmp_path / "full"), progress=False)
+    pair = full["model"]
+    trainable = {n for n, p in pair.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("disc.critic.head.") for n in trainable)
+    lora_b = [p for n, p in pair.policy.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at 0: the policy moved
+    rows = [r for r in full["history"] if "gen_loss" in r]
+    assert rows and all(k in rows[-1] for k in ("disc_loss", "disc_acc", "reward", "grad_norm"))
+    if objective == "fail-pg":
+        assert all(k in rows[-1] for k in ("ratio_mean", "ratio_std", "clip_frac"))
+    ck = tmp_path / "full" / "checkpoint-3" / "model.safetensors"
+    assert set(load_file(str(ck))) == trainable  # LoRA + the head only: no frozen 12B weights in checkpoints
+    lora = load_file(str(tmp_path / "full" / "final" / "pytorch_lora_weights.safetensors"))
+    assert lora and all(k.startswith("transformer.") and "lora_" in k for k in lora)
+    from diffusers import FluxTransformer2DModel
+
+    fresh = FluxTransformer2DModel.from_pretrained(tiny_gpu_world[0] / "transformer")
+    fresh.load_lora_adapter(lora, prefix="transformer", adapter_name="fail")  # diffusers reads the final LoRA
+    got = dict(fresh.named_parameters())
+    for n, p in pair.policy.transformer.named_parameters():
+        if "lora_B" in n:
+            assert torch.equal(got[n.replace(".default.", ".fail.")].detach(), p.detach()), n
+    train_fail(_gpu_cfg(objective, tiny_gpu_world, tmp_path / "cut"), until=1, progress=False)
+    resumed = train_fail(_gpu_cfg(objective, tiny_gpu_world, tmp_path / "cut"), progress=False)
+    a, b = pair.state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in trainable)
+
+
+def test_latent_vlm_discriminator_sees_prompt_and_passes_gradient_to_latents(tiny_gpu_world):
+    from alignbook.diffusion.fail import ExpertImages, load_fail_gpu
+
+    cfg = _gpu_cfg("fail-pd", tiny_gpu_world, None)
+    policy, disc, task, ref = load_fail_gpu(cfg)
+    task.device = torch.device("cpu")
+    x = task.expert(torch.tensor([0, 1]), None)
+    assert_eq(x.shape, (2, 4, 8, 8))
+    z = x.clone().requires_grad_(True)
+    lg = disc(z, torch.tensor([0, 1]))
+    assert_eq(lg.shape, (2,))
+    assert not torch.equal(disc(x, torch.tensor([1, 0])), disc(x, torch.tensor([0, 0])))  # the prompt matters
+    lg.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert (
+        all(p.grad is None for p in disc.critic.vlm.parameters()) and disc.critic.head.weight.grad is not None
+    )
+    v = velocity(policy, x, torch.tensor([0.5, 0.5]), torch.tensor([0, 1]))
+    assert_eq(v.shape, x.shape)
+    assert torch.allclose(velocity(ref, x, torch.tensor([0.5, 0.5]), torch.tensor([0, 1])), v)  # LoRA B = 0
+    assert len(ExpertImages(tiny_gpu_world[2])) == 6
+
+
+def test_vlm_image_patches_match_the_qwen_processor():
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from alignbook.diffusion.fail import vlm_image_patches
+
+    a = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    proc = Qwen2VLImageProcessorPil(
+        patch_size=4,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        min_pixels=16,
+        max_pixels=10**5,
+    )
+    want = proc(images=[Image.fromarray(x) for x in a], return_tensors="pt")
+    x = torch.from_numpy(a).float().permute(0, 3, 1, 2) / 127.5 - 1
+    vision = SimpleNamespace(patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
+    pix, grid = vlm_image_patches(x, vision, 16)
+    assert torch.equal(grid, want["image_grid_thw"])
+    assert torch.allclose(pix, want["pixel_values"], atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of patch"):
+        vlm_image_patches(x, vision, 12)
 
 
 def assert_eq(a, b):
@@ -250,3 +364,47 @@ def test_gpu_loading_path_on_tiny_local_models(tmp_path):
     assert_eq(logits.shape, (3,))
     discriminator_loss(logits[:2], logits[2:]).backward()
     assert vd.head.weight.grad is not None and all(p.grad is None for p in vd.vlm.parameters())
+
+
+def test_study_resumes_from_its_partial_record(tmp_path, monkeypatch):
+    import json
+
+    from alignbook.diffusion import fail_study as fs
+
+    name = "FAIL-PD (conditional D)"
+    done = {
+        "name": name,
+        "seed": 0,
+        "dist": {"mmd": 0.1},
+        "ink": 0.4,
+        "fidelity": 0.9,
+        "seconds": 7.0,
+        "curve": [],
+    }
+    part = tmp_path / "fail_smoke.partial.jsonl"
+    part.write_text(json.dumps(done) + "\n" + '{"name": "half-writ')  # a run finished, then a crash mid-line
+
+    def must_not_run(job):
+        raise AssertionError(f"reran {job[0]['name']} seed {job[1]}")
+
+    monkeypatch.setattr(fs, "_run_star", must_not_run)
+    monkeypatch.setattr(
+        fs, "policy_samples", lambda m, k, *a: (torch.zeros(k, 1, 8, 8), torch.arange(k) % 10)
+    )
+    monkeypatch.setattr(fs, "class_fidelity", lambda *a, **kw: 0.0)  # the base's row is not what is tested
+    rec = fs.fail_study("smoke", seeds=1, only=name, partial=part)
+    assert [r["name"] for r in rec["runs"]] == [name] and rec["run_seconds"] == 7.0
+    assert rec["command"].startswith("alignbook study fail")
+
+
+def test_study_sft_only_run_goes_through_the_checked_config(monkeypatch):
+    from alignbook.diffusion import fail_study as fs
+
+    monkeypatch.setattr(fs, "class_fidelity", lambda *a, **kw: 0.0)
+    monkeypatch.setattr(
+        fs, "policy_samples", lambda m, k, *a: (torch.zeros(k, 1, 8, 8), torch.arange(k) % 10)
+    )
+    rec = fs.fail_study("smoke", seeds=1, only="SFT only")
+    (run,) = rec["runs"]
+    assert run["overrides"]["max_steps"] == 0 and [c["round"] for c in run["curve"]] == [0]
+    assert "dist" in run["curve"][0] and run["dist"]["mmd"] > 0

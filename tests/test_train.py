@@ -155,3 +155,22 @@ def test_lora_resume_and_only_adapters_train(tmp_path):
     c = mk(tmp_path / "b")
     c.fit()
     assert all(torch.equal(weights(a)[n], weights(c)[n]) for n in changed)
+
+
+def test_param_groups_give_parts_their_own_lr(tmp_path):
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 1), "b": torch.nn.Linear(2, 1)})
+    cfg = Config({**COMMON, "objective": "t", "batch_size": 2, "lr": 1e-3, "max_steps": 3, "warmup_steps": 0})
+    groups = [{"params": list(model["a"].parameters())}, {"params": list(model["b"].parameters()), "lr": 0.5}]
+    tr = Trainer(model, cfg, out_dir=tmp_path, param_groups=groups)
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [1e-3, 0.5]
+    x = torch.ones(4, 2)
+    (model["a"](x) + model["b"](x)).sum().backward()
+    tr.optimizer_step()
+    assert tr.scheduler.get_last_lr() == [1e-3, 0.5]
+    tr.save_checkpoint()
+    tr2 = Trainer(model, cfg, out_dir=tmp_path, param_groups=groups)
+    assert tr2.resume() and [g["lr"] for g in tr2.optimizer.param_groups] == [1e-3, 0.5]
+    with pytest.raises(ValueError, match="exactly one group"):
+        Trainer(model, cfg, param_groups=groups[:1])
+    with pytest.raises(ValueError, match="repeats a parameter"):
+        Trainer(model, cfg, param_groups=[groups[0], groups[0], groups[1]])

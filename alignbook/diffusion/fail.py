@@ -4,7 +4,7 @@
 
 # %% ../../nbs/46_fail.ipynb #8e86b62b
 from __future__ import annotations
-import copy, math, time
+import copy, json, math, time
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..config import register_objective
@@ -28,8 +28,11 @@ __all__ = ['REWARD_MODELS', 'FAIL_TOY', 'FAIL_GPU', 'flow_policy_ratio', 'cfm_dr
            'ppo_clip_loss', 'fail_pg_loss', 'sde_logprobs', 'pathwise_clean_sample', 'grid_timesteps', 'fail_pd_loss',
            'frozen', 'sample_ode_last_k', 'expert_style', 'expert_data', 'distance_to_expert', 'policy_samples',
            'ImageDiscriminator', 'FlowFeatureDiscriminator', 'make_discriminator', 'FailPair', 'ink_reward',
-           'sft_cold_start', 'train_fail', 'check_flow_policy_ratio', 'check_implied_clean_sample', 'FluxVelocity',
-           'load_flux_policy', 'VLMDiscriminator', 'load_vlm_discriminator']
+           'fail_param_groups', 'sft_cold_start', 'DigitsTask', 'train_fail', 'nearest_distance',
+           'check_flow_policy_ratio', 'check_implied_clean_sample', 'PromptEncoder', 'FluxVelocity',
+           'local_pipeline_dir', 'load_flux_policy', 'VLMDiscriminator', 'vlm_image_patches', 'LatentVLMDiscriminator',
+           'load_vlm_discriminator', 'ExpertImages', 'PromptTask', 'ReferenceVelocity', 'load_fail_gpu',
+           'save_flux_lora', 'build_tiny_flux', 'build_tiny_vlm', 'build_tiny_experts']
 
 # %% ../../nbs/46_fail.ipynb #678d4c23
 def flow_policy_ratio(cfm_old: torch.Tensor, cfm_new: torch.Tensor, clamp: float = 3.0) -> torch.Tensor:
@@ -391,21 +394,12 @@ def ink_reward(x: torch.Tensor) -> torch.Tensor:
 REWARD_MODELS = {"ink": ink_reward}
 
 
-def _two_learning_rates(tr, pair: FailPair, disc_lr: float):
-    "Split the Trainer's one parameter group into policy (cfg.lr) and discriminator (disc_lr) groups."
-    from transformers import get_scheduler
-
-    opt = tr.optimizer.optimizer
-    pol = [p for p in pair.policy.parameters() if p.requires_grad]
-    dis = [p for p in pair.disc.parameters() if p.requires_grad]
-    opt.param_groups.clear()
-    opt.add_param_group({"params": pol, "lr": tr.cfg.lr})
-    opt.add_param_group({"params": dis, "lr": disc_lr})
-    tr.scheduler = get_scheduler(
-        "constant_with_warmup" if tr.cfg.warmup_steps else "constant",
-        tr.optimizer,
-        num_warmup_steps=tr.cfg.warmup_steps,
-    )
+def fail_param_groups(pair: FailPair, disc_lr: float) -> list[dict]:
+    "The Trainer's optimiser groups: the policy's trainable weights at cfg.lr, the discriminator's at disc_lr"
+    return [
+        {"params": [p for p in pair.policy.parameters() if p.requires_grad]},
+        {"params": [p for p in pair.disc.parameters() if p.requires_grad], "lr": disc_lr},
+    ]
 
 
 def sft_cold_start(cfg, policy: nn.Module, ex: dict, progress: bool = False) -> nn.Module:
@@ -421,7 +415,7 @@ def sft_cold_start(cfg, policy: nn.Module, ex: dict, progress: bool = False) -> 
     tr = Trainer(
         policy.train(), sub, loss_fn=flow_loss_fn, train_data=rows, collate_fn=collate_digits, out_dir=out
     )
-    tr.pbar = None
+    tr.pbar = None if progress else False
     tr.fit()
     return tr.unwrapped.eval()
 
@@ -436,12 +430,38 @@ def _demo_batch(ex: dict, cond: torch.Tensor, g: torch.Generator) -> torch.Tenso
     return torch.cat(out)
 
 
+class DigitsTask:
+    "The toy world for the loops: classes as conditions, 8×8 images, demonstrations drawn per class."
+
+    def __init__(self, ex: dict):
+        self.ex, self.n_cond, self.shape, self.device = ex, 10, (1, 8, 8), torch.device("cpu")
+
+    def expert(self, cond: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return _demo_batch(self.ex, cond, g)
+
+    def metrics(self, x0: torch.Tensor) -> dict:
+        return {"ink": ink_reward(x0).mean()}
+
+
 def _check_fail_cfg(cfg):
-    if cfg.preset == "gpu" or cfg.model != "toy-digits-flow":
-        raise NotImplementedError(
-            f"train_fail: model={cfg.model!r} (gpu preset: FLUX.1-dev + VLM discriminator) is not built yet; "
-            "use --preset toy (the 8×8 digits flow)"
-        )
+    if cfg.model != "toy-digits-flow":
+        if not cfg.get("dataset"):
+            raise ValueError(
+                f"train_fail: model={cfg.model!r} needs dataset= a directory (or .jsonl) of rows "
+                "{'prompt', 'file_name'} or a Hub dataset with 'image' and 'prompt' columns: one expert "
+                "image per prompt (the paper: 13k)"
+            )
+        if cfg.discriminator in ("conditional", "unconditional", "flow"):
+            raise ValueError(
+                f"train_fail: discriminator={cfg.discriminator!r} is a toy critic for 8×8 digits; with a "
+                "FLUX model give a vision-language model's name or path (gpu preset: "
+                "Qwen/Qwen3-VL-2B-Instruct)"
+            )
+        if cfg.reward_model is not None or cfg.sft_steps or cfg.pathwise != "renoise" or cfg.ratio != "fpo":
+            raise ValueError(
+                "train_fail: with a FLUX model use pathwise='renoise', ratio='fpo', reward_model=null and "
+                "sft_steps=0 (the reward-hacking, DRaFT, SDE-ratio and SFT variants are toy experiments)"
+            )
     if cfg.objective == "fail-pg" and cfg.batch_size % cfg.group_size:
         raise ValueError(
             f"fail-pg: batch_size={cfg.batch_size} must be a multiple of group_size={cfg.group_size}"
@@ -456,13 +476,14 @@ def _check_fail_cfg(cfg):
         raise ValueError(f"reward_model={cfg.reward_model!r}; use one of {sorted(REWARD_MODELS)} or null")
 
 # %% ../../nbs/46_fail.ipynb #1ff0e034
-def _pd_update(tr, pair, ref, cfg, ex, g, step) -> dict:
+def _pd_update(tr, pair, ref, cfg, task, g, step) -> dict:
     "One FAIL-PD / DRaFT-K / reward-gradient step: discriminator BCE + (after warm-up) the pathwise loss."
     policy, disc, B, S = pair.policy, pair.disc, cfg.batch_size, cfg.sample_steps
-    cond = torch.randint(0, 10, (B,), generator=g)
-    z = torch.randn(B, 1, 8, 8, generator=g)
-    x0 = sample_ode(policy, z, cond, steps=S)
-    xe = _demo_batch(ex, cond, g)
+    dev = task.device
+    cond = torch.randint(0, task.n_cond, (B,), generator=g).to(dev)
+    z = torch.randn(B, *task.shape, generator=g).to(dev)
+    x0 = sample_ode(policy, z, cond, steps=S, shift=cfg.shift)
+    xe = task.expert(cond, g)
     le, lg = disc(xe, cond), disc(x0, cond)
     loss, m = discriminator_loss(le, lg), {}
     m.update(
@@ -474,10 +495,10 @@ def _pd_update(tr, pair, ref, cfg, ex, g, step) -> dict:
         gen = torch.zeros(())
         for _ in range(cfg.renoise_steps if cfg.pathwise == "renoise" else 1):
             if cfg.pathwise == "renoise":
-                sig, sig2 = grid_timesteps(B, S, generator=g)
+                sig, sig2 = (t.to(dev) for t in grid_timesteps(B, S, cfg.shift, generator=g))
                 x_hat, v, xt = pathwise_clean_sample(policy, x0, z, cond, sig, sig2)
             else:
-                x_hat = sample_ode_last_k(policy, z, cond, S, cfg.draft_k)
+                x_hat = sample_ode_last_k(policy, z, cond, S, cfg.draft_k, cfg.shift)
             part = torch.zeros(())
             if cfg.adv_weight > 0:
                 with frozen(disc):
@@ -493,22 +514,23 @@ def _pd_update(tr, pair, ref, cfg, ex, g, step) -> dict:
         m["gen_loss"] = gen.detach()
     tr.backward(loss)
     m["grad_norm"] = tr.optimizer_step()
-    m["ink"] = ink_reward(x0).mean()
+    m.update(task.metrics(x0))
     return m
 
 
-def _pg_update(tr, pair, ref, cfg, ex, g, step) -> dict:
+def _pg_update(tr, pair, ref, cfg, task, g, step) -> dict:
     "One FAIL-PG round: rollouts, discriminator BCE, GAIL rewards, group advantages, clipped updates."
     policy, disc, B, G, S = pair.policy, pair.disc, cfg.batch_size, cfg.group_size, cfg.sample_steps
-    cond = torch.randint(0, 10, (B // G,), generator=g).repeat_interleave(G)
-    z = torch.randn(B, 1, 8, 8, generator=g)
+    dev = task.device
+    cond = torch.randint(0, task.n_cond, (B // G,), generator=g).repeat_interleave(G).to(dev)
+    z = torch.randn(B, *task.shape, generator=g).to(dev)
     with torch.no_grad():
         if cfg.ratio == "fpo":
-            x0 = sample_ode(policy, z, cond, steps=S)
+            x0 = sample_ode(policy, z, cond, steps=S, shift=cfg.shift)
         else:
             x0, traj, lp_old = sample_sde(policy, z, cond, steps=S, eta=cfg.eta, generator=g)
     ce = cond[::G]
-    xe = _demo_batch(ex, ce, g)
+    xe = task.expert(ce, g)
     with torch.no_grad():
         rew = gail_reward(disc(x0, cond))
         rew_e = gail_reward(disc(xe, ce)) if cfg.expert_in_group else None
@@ -521,7 +543,7 @@ def _pg_update(tr, pair, ref, cfg, ex, g, step) -> dict:
     draws = cfm_draws(xs, cfg.cfm_draws, g)
     with torch.no_grad():
         old = cfm_losses(policy, xs, cs, draws) if cfg.ratio == "fpo" else lp_old
-    m = {"reward": rew.mean(), "ink": ink_reward(x0).mean()}
+    m = {"reward": rew.mean(), **task.metrics(x0)}
     for epoch in range(cfg.ppo_epochs):
         le, lg = disc(xe, ce), disc(x0, cond)
         loss = discriminator_loss(le, lg)
@@ -554,30 +576,38 @@ def _pg_update(tr, pair, ref, cfg, ex, g, step) -> dict:
 
 
 def train_fail(cfg, until: int | None = None, progress: bool = True) -> TrainResult:
-    "FAIL-PD / FAIL-PG (cfg.objective) on the toy digits imitation problem via the Trainer."
+    "FAIL-PD / FAIL-PG (cfg.objective) via the Trainer: the toy digits world, or FLUX + a VLM critic (gpu)."
     from alignbook.train import Trainer, set_seed
     from tqdm.auto import tqdm
 
     _check_fail_cfg(cfg)
     set_seed(cfg.seed)
     t_start = time.perf_counter()
-    ex = expert_data(cfg.expert_style, cfg.seed, cfg.demos_per_class)
-    base = toy_digits_flow()
-    policy = copy.deepcopy(base)
-    if cfg.sft_steps:
-        policy = sft_cold_start(cfg, policy, ex)
-    ref = copy.deepcopy(policy).requires_grad_(False).eval()
-    pair = FailPair(policy.train(), make_discriminator(cfg.discriminator, base, cfg.seed))
+    toy = cfg.model == "toy-digits-flow"
+    if toy:
+        ex = expert_data(cfg.expert_style, cfg.seed, cfg.demos_per_class)
+        base = toy_digits_flow()
+        policy = copy.deepcopy(base)
+        if cfg.sft_steps:
+            policy = sft_cold_start(cfg, policy, ex)
+        ref = copy.deepcopy(policy).requires_grad_(False).eval()
+        pair, task = (
+            FailPair(policy.train(), make_discriminator(cfg.discriminator, base, cfg.seed)),
+            DigitsTask(ex),
+        )
+    else:
+        policy, disc, task, ref = load_fail_gpu(cfg)
+        pair = FailPair(policy.train(), disc)
     K = cfg.ppo_epochs if cfg.objective == "fail-pg" else 1
-    tr = Trainer(
-        pair, cfg.replace(max_steps=cfg.max_steps * K, device="cpu"), out_dir=cfg.out_dir
-    )  # toy: CPU
-    _two_learning_rates(tr, pair, cfg.disc_lr)
+    tcfg = cfg.replace(max_steps=cfg.max_steps * K, **({"device": "cpu"} if toy else {}))  # toy: CPU
+    tr = Trainer(pair, tcfg, out_dir=cfg.out_dir, param_groups=fail_param_groups(pair, cfg.disc_lr))
+    task.device = tr.device
     tr.resume()
     update = _pg_update if cfg.objective == "fail-pg" else _pd_update
     stop = min(until or cfg.max_steps, cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=tr.step // K, desc=cfg.objective, disable=not progress)
-    if tr.step == 0 and cfg.eval_every:
+    evaluate = toy and cfg.eval_every
+    if tr.step == 0 and evaluate:
         xs = policy_samples(policy, cfg.eval_size, cfg.sample_steps)[0]
         tr.log(
             {
@@ -590,9 +620,10 @@ def train_fail(cfg, until: int | None = None, progress: bool = True) -> TrainRes
         rnd = tr.step // K
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rnd)
-        m = update(tr, pair, ref, cfg, ex, g, rnd)
+        with tr.accelerator.autocast():
+            m = update(tr, pair, ref, cfg, task, g, rnd)
         m["round"], m["time/step_s"] = rnd + 1, time.perf_counter() - t0
-        if cfg.eval_every and (rnd + 1) % cfg.eval_every == 0:
+        if evaluate and (rnd + 1) % cfg.eval_every == 0:
             xs = policy_samples(policy, cfg.eval_size, cfg.sample_steps)[0]
             m["dist"] = distance_to_expert(xs, ex["heldout"], 2)["mmd"]
             m["eval_ink"] = ink_reward(xs).mean()
@@ -604,17 +635,16 @@ def train_fail(cfg, until: int | None = None, progress: bool = True) -> TrainRes
     bar.close()
     if tr.step // K >= cfg.max_steps and (not cfg.save_every or cfg.max_steps % cfg.save_every):
         tr.save_checkpoint()
-    xs = policy_samples(policy, cfg.final_eval_size, cfg.sample_steps)[0]
-    final = distance_to_expert(xs, ex["heldout"], 4)
-    final_path = save_final(tr, cfg, model=policy)  # the policy alone, as a diffusers UNet
-    summary = {
-        **summarize(tr.history),
-        "objective": cfg.objective,
-        "steps": tr.step // K,
-        "dist": final,
-        "ink": float(ink_reward(xs).mean()),
-        "seconds": time.perf_counter() - t_start,
-    }
+    summary = {**summarize(tr.history), "objective": cfg.objective, "steps": tr.step // K}
+    if toy:
+        xs = policy_samples(policy, cfg.final_eval_size, cfg.sample_steps)[0]
+        summary.update(dist=distance_to_expert(xs, ex["heldout"], 4), ink=float(ink_reward(xs).mean()))
+        final_path = save_final(tr, cfg, model=policy)  # the policy alone, as a diffusers UNet
+    else:
+        final_path = save_flux_lora(
+            tr, cfg, policy
+        )  # the LoRA alone, loadable by FluxPipeline.load_lora_weights
+    summary["seconds"] = time.perf_counter() - t_start
     return TrainResult(tr.out_dir, final_path, summary, tr.history, model=pair)
 
 # %% ../../nbs/46_fail.ipynb #0d935748
@@ -629,6 +659,7 @@ FAIL_TOY = dict(
     max_steps=60,
     disc_warmup=10,  # discriminator-only steps before policy updates (paper: 25)
     sample_steps=10,  # ODE/SDE steps per rollout (paper: 28)
+    shift=1.0,  # σ schedule shift of the sampler (1: uniform steps)
     renoise_steps=2,  # FAIL-PD: re-noising timesteps per rollout (paper: 2)
     pathwise="renoise",  # FAIL-PD 'renoise' or DRaFT-K 'draft'
     draft_k=1,
@@ -654,17 +685,32 @@ FAIL_TOY = dict(
 )
 FAIL_GPU = dict(
     model="black-forest-labs/FLUX.1-dev",  # the paper's policy, LoRA-adapted
-    discriminator="Qwen/Qwen3-VL-2B-Instruct",  # VLM + linear head on the last token
-    dataset="13k prompts with one expert image each (paper)",
+    discriminator="Qwen/Qwen3-VL-2B-Instruct",  # VLM (frozen) + linear head on the last token
+    dataset=None,  # required: a dir of {prompt, file_name} rows or a Hub set (paper: 13k prompts, 1 image)
+    n_prompts=None,  # use only the first n prompts (None: all)
+    resolution=1024,  # generated and expert images, pixels
+    disc_resolution=448,  # what the VLM sees (a multiple of its patch × merge size)
+    guidance=3.5,  # FLUX.1-dev's distilled guidance
+    shift=3.0,  # σ schedule shift of the sampler (FLUX at 1024²)
     lora=True,
+    lora_targets=["to_q", "to_k", "to_v", "to_out.0"],
     lr=1e-5,
     disc_lr=2e-6,
-    batch_size=3,  # rollouts per prompt (FAIL-PD)
+    scheduler="constant",
+    warmup_steps=0,
+    batch_size=3,  # prompts (PD) or rollouts, group_size per prompt (PG)
+    group_size=3,
     sample_steps=28,
     disc_warmup=25,
+    renoise_steps=2,
     clip_range=1e-5,
     ppo_epochs=1,
+    max_steps=1000,
+    eval_every=0,  # no toy distance here: judge the checkpoints with the paper's benchmarks
+    log_every=1,
+    save_every=100,
     mixed_precision="bf16",
+    gradient_checkpointing=True,
 )
 
 register_objective(
@@ -681,6 +727,11 @@ register_objective(
     gpu=FAIL_GPU,
     help="FAIL-PG: adversarial imitation for flows, policy gradient with the FPO (or Flow-GRPO SDE) ratio",
 )
+
+# %% ../../nbs/46_fail.ipynb #5f7a0c02
+def nearest_distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    "Euclidean distance (B,) from each image of x (B, ...) to its nearest image in ref (N, ...)."
+    return torch.cdist(x.flatten(1).float(), ref.flatten(1).float()).min(1).values
 
 # %% ../../nbs/46_fail.ipynb #03a3b536
 def check_flow_policy_ratio(fn) -> None:
@@ -708,49 +759,171 @@ def check_implied_clean_sample(fn) -> None:
     )
 
 # %% ../../nbs/46_fail.ipynb #50104a64
-class FluxVelocity(nn.Module):
-    "v(x, σ, cond) for a FluxTransformer2DModel: latents x (B,C,H,W); cond (B,1+T,D) = [pooled; T5 tokens]."
+class PromptEncoder(nn.Module):
+    "Frozen CLIP + T5 of a FLUX pipeline: prompt ids (B,) → cond (B,1+T,D) = [pooled CLIP, padded; T5]."
 
-    def __init__(self, transformer: nn.Module):
+    def __init__(
+        self, prompts: list[str], tokenizer, text_encoder, tokenizer_2, text_encoder_2, max_length=512
+    ):
         super().__init__()
-        self.transformer = transformer
+        self.prompts, self.tokenizer, self.tokenizer_2, self.max_length = (
+            list(prompts),
+            tokenizer,
+            tokenizer_2,
+            max_length,
+        )
+        self.clip, self.t5 = (
+            text_encoder.requires_grad_(False).eval(),
+            text_encoder_2.requires_grad_(False).eval(),
+        )
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def train(self, mode: bool = True):
+        "The encoders stay in eval mode (no dropout): a prompt's embedding never changes."
+        super().train(mode)
+        self.clip.eval()
+        self.t5.eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        "Embed `texts` as FluxPipeline.encode_prompt does; returns (B, 1+T, D) on the encoders' device."
+        dev = self.t5.device
+        n77 = min(self.tokenizer.model_max_length, 77)
+        ids = self.tokenizer(
+            texts, padding="max_length", max_length=n77, truncation=True, return_tensors="pt"
+        )
+        pooled = self.clip(ids.input_ids.to(dev), output_hidden_states=False).pooler_output
+        ids2 = self.tokenizer_2(
+            texts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        seq = self.t5(ids2.input_ids.to(dev))[0]
+        if pooled.shape[-1] > seq.shape[-1]:
+            raise ValueError(
+                f"PromptEncoder: pooled CLIP width {pooled.shape[-1]} > T5 width {seq.shape[-1]}"
+            )
+        pooled = F.pad(pooled.to(seq.dtype), (0, seq.shape[-1] - pooled.shape[-1]))
+        return torch.cat([pooled[:, None], seq], 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        new = sorted({int(i) for i in ids.tolist()} - set(self.cache))
+        if new:
+            if len(self.cache) + len(new) > 1024:  # a bound on memory: the cache only saves re-encoding
+                self.cache.clear()
+            for i, e in zip(new, self.encode([self.prompts[i] for i in new])):
+                self.cache[i] = e
+        return torch.stack([self.cache[int(i)] for i in ids.tolist()])
+
+
+class FluxVelocity(nn.Module):
+    "v(x, σ, cond) for a FluxTransformer2DModel: latents x (B,C,H,W); cond (B,1+T,D) or prompt ids (B,)."
+
+    def __init__(self, transformer: nn.Module, prompts: PromptEncoder | None = None, guidance: float = 3.5):
+        super().__init__()
+        self.transformer, self.prompts, self.guidance = transformer, prompts, guidance
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if not cond.is_floating_point():
+            if self.prompts is None:
+                raise ValueError("FluxVelocity: cond holds prompt ids but no PromptEncoder was given")
+            cond = self.prompts(cond)
         b, c, h, w = x.shape
+        dt = self.transformer.dtype
         tokens = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
         ids = torch.zeros(h // 2, w // 2, 3, device=x.device)
         ids[..., 1] = torch.arange(h // 2, device=x.device)[:, None]
         ids[..., 2] = torch.arange(w // 2, device=x.device)[None, :]
         p = self.transformer.config.pooled_projection_dim
+        guidance = (
+            torch.full((b,), self.guidance, device=x.device)
+            if self.transformer.config.guidance_embeds
+            else None
+        )
         out = self.transformer(
-            hidden_states=tokens,
-            encoder_hidden_states=cond[:, 1:],
-            pooled_projections=cond[:, 0, :p],
-            timestep=sigma.to(x.dtype),
+            hidden_states=tokens.to(dt),
+            encoder_hidden_states=cond[:, 1:].to(dt),
+            pooled_projections=cond[:, 0, :p].to(dt),
+            timestep=sigma.to(dt),
             img_ids=ids.reshape(-1, 3),
             txt_ids=torch.zeros(cond.shape[1] - 1, 3, device=x.device),
-        ).sample
+            guidance=guidance,
+        ).sample.float()
         return out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
-def load_flux_policy(path: str | Path, lora_r: int = 16, lora_alpha: int = 32) -> FluxVelocity:
-    "The FLUX transformer at `path` (pipeline dir or its transformer/), frozen, with LoRA adapters."
+def _lora_fp32(model: nn.Module, cfg) -> nn.Module:
+    "Inject LoRA (peft) in place; adapters in float32 (the frozen base may be bf16); only they train."
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(cfg, model)
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n)
+        if "lora_" in n:
+            p.data = p.data.float()
+    return model
+
+
+def local_pipeline_dir(name: str | Path) -> Path:
+    "A local diffusers pipeline directory: `name` itself, or its Hub snapshot (component folders only)."
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    from huggingface_hub import snapshot_download
+
+    parts = ["transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler"]
+    return Path(snapshot_download(str(name), allow_patterns=["model_index.json", *[f"{d}/*" for d in parts]]))
+
+
+def load_flux_policy(
+    path: str | Path,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    prompts: list[str] | None = None,
+    dtype=None,
+    max_length: int = 512,
+    targets=("to_q", "to_k", "to_v", "to_out.0"),
+) -> FluxVelocity:
+    "The FLUX transformer at `path` (pipeline or transformer/ dir) + LoRA; with `prompts`, its text encoders."
     from diffusers import FluxTransformer2DModel
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig
 
-    p = Path(path)
+    p = local_pipeline_dir(path)
     sub = p / "transformer" if (p / "transformer" / "config.json").exists() else p
-    tr = FluxTransformer2DModel.from_pretrained(sub).requires_grad_(False)
-    cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    return FluxVelocity(inject_adapter_in_model(cfg, tr))
+    kw = dict(torch_dtype=dtype) if dtype is not None else {}
+    tr = FluxTransformer2DModel.from_pretrained(sub, **kw).requires_grad_(False)
+    tr = _lora_fp32(tr, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(targets)))
+    enc = None
+    if prompts is not None:
+        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
+        tkw = dict(dtype=dtype) if dtype is not None else {}
 
+        if not (p / "text_encoder_2").is_dir():
+            raise ValueError(
+                f"load_flux_policy: prompts need a pipeline directory with text_encoder_2/; {p} has none"
+            )
+        enc = PromptEncoder(
+            prompts,
+            AutoTokenizer.from_pretrained(p / "tokenizer"),
+            CLIPTextModel.from_pretrained(p / "text_encoder", **tkw),
+            AutoTokenizer.from_pretrained(p / "tokenizer_2"),
+            T5EncoderModel.from_pretrained(p / "text_encoder_2", **tkw),
+            max_length,
+        )
+    return FluxVelocity(tr, enc)
+
+# %% ../../nbs/46_fail.ipynb #f2a1c0de
 class VLMDiscriminator(nn.Module):
     "A vision-language model (frozen) + linear head on the last token's final hidden state → logits (B,)."
 
     def __init__(self, vlm: nn.Module, hidden_size: int):
         super().__init__()
         self.vlm, self.head = vlm.requires_grad_(False), nn.Linear(hidden_size, 1)
+
+    def train(self, mode: bool = True):
+        "The frozen VLM stays in eval mode (no dropout); only the head follows `mode`."
+        super().train(mode)
+        self.vlm.eval()
+        return self
 
     def forward(self, inputs: dict, cond=None) -> torch.Tensor:
         out = self.vlm(**inputs, output_hidden_states=True)
@@ -760,10 +933,390 @@ class VLMDiscriminator(nn.Module):
         return self.head(h[torch.arange(h.shape[0]), last].float())[:, 0]
 
 
-def load_vlm_discriminator(path: str | Path) -> VLMDiscriminator:
+def vlm_image_patches(
+    images: torch.Tensor, vision_config, size: int, mean=(0.5,) * 3, std=(0.5,) * 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    "Images (B,3,H,W) in [−1,1] → Qwen-VL pixel_values (B·h·w, 3·T·P·P), image_grid_thw (B,3), with grad."
+    P, M, T = vision_config.patch_size, vision_config.spatial_merge_size, vision_config.temporal_patch_size
+    if size % (P * M):
+        raise ValueError(f"vlm_image_patches: size={size} must be a multiple of patch×merge = {P * M}")
+    b, gh = images.shape[0], size // P
+    x = F.interpolate((images.float() + 1) / 2, size=(size, size), mode="bilinear", antialias=True)
+    x = (x - torch.tensor(mean, device=x.device)[:, None, None]) / torch.tensor(std, device=x.device)[
+        :, None, None
+    ]
+    x = x[:, None].expand(b, T, 3, size, size)  # one image = T identical frames, as the processor does
+    x = x.reshape(b, T, 3, gh // M, M, P, gh // M, M, P).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    grid = torch.tensor([[1, gh, gh]] * b, device=x.device)
+    return x.reshape(b * gh * gh, 3 * T * P * P), grid
+
+
+class LatentVLMDiscriminator(nn.Module):
+    "D(latents, prompt ids): decode with the frozen VAE, show image + prompt to a VLMDiscriminator → (B,)."
+
+    def __init__(
+        self,
+        critic: VLMDiscriminator,
+        vae: nn.Module,
+        tokenizer,
+        prompts: list[str],
+        size: int = 448,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    ):
+        super().__init__()
+        self.critic, self.vae = critic, vae.requires_grad_(False).eval()
+        self.tokenizer, self.prompts, self.size, self.mean, self.std = (
+            tokenizer,
+            list(prompts),
+            size,
+            mean,
+            std,
+        )
+        cfg = critic.vlm.config
+        self.vision = cfg.vision_config
+        self.ids = dict(
+            start=cfg.vision_start_token_id, image=cfg.image_token_id, end=cfg.vision_end_token_id
+        )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vae.eval()
+        return self
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        "Latents → images (B,3,H,W) in [−1, 1], with gradient."
+        c = self.vae.config
+        z = z / c.scaling_factor + (c.shift_factor or 0.0)
+        return self.vae.decode(z.to(self.vae.dtype)).sample.float()
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        "Images (B,3,H,W) in [−1, 1] → latents (the VAE posterior's mean), float32."
+        c = self.vae.config
+        z = self.vae.encode(x.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
+        return ((z.float() - (c.shift_factor or 0.0)) * c.scaling_factor).float()
+
+    def text_inputs(self, cond: torch.Tensor, n_image: int) -> tuple[torch.Tensor, torch.Tensor]:
+        "input_ids (B,L) = <vision_start> <image>×n <vision_end> prompt, right-padded; the attention mask."
+        rows = [
+            [self.ids["start"], *[self.ids["image"]] * n_image, self.ids["end"]]
+            + self.tokenizer(self.prompts[int(i)], add_special_tokens=False).input_ids
+            for i in cond.tolist()
+        ]
+        n = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], device=cond.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=cond.device)
+        return ids, mask
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        pix, grid = vlm_image_patches(self.decode(x), self.vision, self.size, self.mean, self.std)
+        ids, mask = self.text_inputs(cond, int(grid[0].prod()) // self.vision.spatial_merge_size**2)
+        inputs = dict(
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=pix,
+            image_grid_thw=grid,
+            mm_token_type_ids=(ids == self.ids["image"]).int(),
+        )
+        return self.critic(inputs)
+
+
+def load_vlm_discriminator(path: str | Path, dtype=None) -> VLMDiscriminator:
     "A VLMDiscriminator around the image-text-to-text model saved at `path` (no remote code)."
     from transformers import AutoModelForImageTextToText
 
-    vlm = AutoModelForImageTextToText.from_pretrained(path)
+    vlm = AutoModelForImageTextToText.from_pretrained(path, **(dict(torch_dtype=dtype) if dtype else {}))
     text = getattr(vlm.config, "text_config", vlm.config)
     return VLMDiscriminator(vlm, text.hidden_size)
+
+# %% ../../nbs/46_fail.ipynb #f2a1c0e1
+class ExpertImages:
+    "One expert image per prompt: a local dir/.jsonl of {prompt, file_name|image} rows, or a Hub dataset."
+
+    def __init__(self, name: str | Path, limit: int | None = None):
+        p = Path(str(name)).expanduser()
+        if p.is_dir() or p.suffix == ".jsonl":
+            meta = p / "metadata.jsonl" if p.is_dir() else p
+            if not meta.exists():
+                raise ValueError(
+                    f"ExpertImages: {p} has no metadata.jsonl (rows of {{'prompt', 'file_name'}})"
+                )
+            rows = [json.loads(x) for x in meta.read_text().splitlines() if x.strip()]
+            for i, r in enumerate(rows):
+                if "prompt" not in r or not ({"file_name", "image"} & set(r)):
+                    raise ValueError(
+                        f"ExpertImages: {meta} row {i} needs 'prompt' and 'file_name' (an image path)"
+                    )
+            self.prompts = [r["prompt"] for r in rows]
+            self._files = [meta.parent / r.get("file_name", r.get("image")) for r in rows]
+            self._ds = None
+        else:
+            from datasets import load_dataset
+
+            self._ds = load_dataset(str(name), split="train")
+            col = next((c for c in ("prompt", "caption", "text") if c in self._ds.column_names), None)
+            if col is None or "image" not in self._ds.column_names:
+                raise ValueError(
+                    f"ExpertImages: {name} needs an 'image' column and a 'prompt' (or caption/text) one"
+                )
+            self.prompts = list(self._ds[col])
+        if limit:
+            self.prompts = self.prompts[:limit]
+
+    def __len__(self):
+        return len(self.prompts)
+
+    def image(self, i: int, size: int) -> torch.Tensor:
+        "Image i as (3, size, size) in [−1, 1]: shorter side resized to `size`, centre-cropped."
+        from PIL import Image
+        import numpy as np
+
+        im = Image.open(self._files[i]) if self._ds is None else self._ds[int(i)]["image"]
+        im = im.convert("RGB")
+        s = size / min(im.size)
+        im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BICUBIC)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 127.5 - 1
+        return torch.from_numpy(a).permute(2, 0, 1)
+
+
+class PromptTask:
+    "The gpu world: prompt ids as conditions, VAE latents as samples, each prompt's expert image as its demo."
+
+    def __init__(
+        self, experts: ExpertImages, disc: LatentVLMDiscriminator, resolution: int, channels: int, factor: int
+    ):
+        self.experts, self.disc, self.resolution = experts, disc, resolution
+        self.n_cond, self.shape, self.device = (
+            len(experts),
+            (channels, resolution // factor, resolution // factor),
+            None,
+        )
+
+    def expert(self, cond: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        x = torch.stack([self.experts.image(int(i), self.resolution) for i in cond.tolist()])
+        return self.disc.encode(x)
+
+    def metrics(self, x0: torch.Tensor) -> dict:
+        return {}
+
+
+class ReferenceVelocity(nn.Module):
+    "The policy with its LoRA switched off (`DisabledAdapterReference`), as a velocity model; no gradients."
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        from alignbook.lm.reference import DisabledAdapterReference
+
+        self._policy, self.ref = [policy], DisabledAdapterReference()  # a list: not a registered submodule
+
+    def forward(self, x, sigma, cond):
+        with self.ref.active(self._policy[0], keep_mode=True) as m:
+            return velocity(m, x, sigma, cond)
+
+
+def load_fail_gpu(cfg) -> tuple:
+    "The gpu preset's (FLUX policy with LoRA, latent VLM discriminator, PromptTask, LoRA-off reference)."
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    experts = ExpertImages(cfg.dataset, cfg.get("n_prompts"))
+    pipe = local_pipeline_dir(cfg.model)
+    policy = load_flux_policy(
+        pipe, cfg.lora_r, cfg.lora_alpha, experts.prompts, dtype, cfg.max_prompt_length, cfg.lora_targets
+    )
+    policy.guidance = cfg.guidance
+    if cfg.gradient_checkpointing:
+        policy.transformer.enable_gradient_checkpointing()
+    from diffusers import AutoencoderKL
+    from transformers import AutoTokenizer
+
+    vae = AutoencoderKL.from_pretrained(pipe / "vae", **(dict(torch_dtype=dtype) if dtype else {}))
+    torch.manual_seed(cfg.seed)  # the discriminator's head
+    critic = load_vlm_discriminator(cfg.discriminator, dtype)
+    norm = _image_norm(cfg.discriminator)
+    disc = LatentVLMDiscriminator(
+        critic,
+        vae,
+        AutoTokenizer.from_pretrained(cfg.discriminator),
+        experts.prompts,
+        cfg.disc_resolution,
+        *norm,
+    )
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    task = PromptTask(experts, disc, cfg.resolution, vae.config.latent_channels, factor)
+    return policy, disc, task, ReferenceVelocity(policy)
+
+
+def _image_norm(name) -> tuple:
+    "The VLM processor's (image_mean, image_std) from its preprocessor_config.json; (0.5, 0.5) if absent."
+    p = Path(str(name)) / "preprocessor_config.json"
+    if not p.exists():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            p = Path(hf_hub_download(str(name), "preprocessor_config.json"))
+        except (OSError, ValueError):  # offline, or a model without a processor config
+            return (0.5,) * 3, (0.5,) * 3
+    c = json.loads(p.read_text())
+    return tuple(c.get("image_mean", (0.5,) * 3)), tuple(c.get("image_std", (0.5,) * 3))
+
+
+def save_flux_lora(tr, cfg, policy: FluxVelocity) -> Path | None:
+    "Write the policy's LoRA as OUT_DIR/final/pytorch_lora_weights.safetensors (diffusers' key format)."
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    if not cfg.out_dir:
+        return None
+    path = Path(cfg.out_dir) / "final"
+    if tr.is_main:
+        path.mkdir(parents=True, exist_ok=True)
+        sd = get_peft_model_state_dict(tr.unwrapped.policy.transformer)
+        save_file(
+            {f"transformer.{k}": v.detach().cpu().contiguous() for k, v in sd.items()},
+            str(path / "pytorch_lora_weights.safetensors"),
+        )
+        (path / "alignbook_config.json").write_text(json.dumps(dict(cfg), indent=1, default=str))
+    tr.accelerator.wait_for_everyone()
+    return path
+
+# %% ../../nbs/46_fail.ipynb #f2a1c0e2
+_WORDS = [
+    "<pad>",
+    "<unk>",
+    "<s>",
+    "</s>",
+] + "a an the of photo painting cat dog red blue green tree house in on with".split()
+
+
+def _tiny_tokenizer(max_length: int):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(_WORDS)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=max_length,
+    )
+
+
+def build_tiny_flux(path: str | Path, seed: int = 0) -> Path:
+    "Write a tiny random FLUX pipeline (transformer, vae, CLIP, T5, tokenizers, scheduler) to `path`."
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    parts = {
+        "transformer": FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=16,
+            axes_dims_rope=(2, 2, 4),
+            guidance_embeds=True,
+        ),
+        "vae": AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(8, 16),
+            norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            sample_size=16,
+            scaling_factor=0.5,
+            shift_factor=0.1,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
+        "text_encoder": CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(_WORDS),
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                max_position_embeddings=16,
+                pad_token_id=0,
+                bos_token_id=2,
+                eos_token_id=3,
+            )
+        ),
+        "text_encoder_2": T5EncoderModel(
+            T5Config(vocab_size=len(_WORDS), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+        ),
+        "tokenizer": _tiny_tokenizer(16),
+        "tokenizer_2": _tiny_tokenizer(16),
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+    }
+    for name, m in parts.items():
+        m.save_pretrained(path / name)
+    (path / "model_index.json").write_text(
+        json.dumps({"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1"})
+    )
+    return path
+
+
+def build_tiny_vlm(path: str | Path, seed: int = 0) -> Path:
+    "Write a tiny random Qwen3-VL (image-text-to-text) model and a word-level tokenizer to `path`."
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = Qwen3VLConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=200,
+            rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2]},
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=32,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=16,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=199,
+        video_token_id=198,
+        vision_start_token_id=197,
+        vision_end_token_id=196,
+    )
+    Qwen3VLForConditionalGeneration(cfg).save_pretrained(path)
+    _tiny_tokenizer(64).save_pretrained(path)
+    return Path(path)
+
+
+def build_tiny_experts(path: str | Path, n: int = 6, size: int = 16, seed: int = 0) -> Path:
+    "Write `n` (prompt, expert image) rows as an image folder: PNGs and metadata.jsonl."
+    from PIL import Image
+    import numpy as np
+
+    path, g = Path(path), np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    colours, things = ["red", "blue", "green"], ["cat", "dog", "tree", "house"]
+    rows = []
+    for i in range(n):
+        Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "prompt": f"a photo of a {colours[i % 3]} {things[i % 4]}"})
+    (path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

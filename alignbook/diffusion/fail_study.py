@@ -64,6 +64,7 @@ def _runs(budget: str) -> list[dict]:
             draft_k=2,
             **common,
         ),
+        dict(name="FAIL via DRaFT-2 (adversarial)", objective=pd, pathwise="draft", draft_k=2, **common),
         dict(name="FAIL-PD knob: lr=3e-5", objective=pd, lr=3e-5, **common),
         dict(name="FAIL-PD knob: β_ref=1", objective=pd, beta_ref=1.0, **common),
     ]
@@ -89,7 +90,10 @@ def run_fail(spec: dict, seed: int) -> dict:
     "One study run: train_fail with the overrides at `seed`; curves, final distance (95% CI), ink, fidelity."
     spec = dict(spec)
     name, objective = spec.pop("name"), spec.pop("objective")
-    cfg = get_config(objective, "toy", seed=seed, **spec)
+    sft_only = spec.get("max_steps") == 0  # "SFT only": the cold start and no FAIL step after it
+    cfg = get_config(objective, "toy", seed=seed, **{k: v for k, v in spec.items() if k != "max_steps" or v})
+    if sft_only:
+        cfg = cfg.replace(max_steps=0)  # the command line refuses 0 steps; here it means "evaluate the SFT"
     t0 = time.perf_counter()
     out = train_fail(cfg, progress=False)
     xs, c = policy_samples(out["model"].policy, cfg.final_eval_size, cfg.sample_steps)
@@ -127,13 +131,16 @@ def _run_star(a):
 def fail_study(
     budget: str = "short", seeds: int = 3, workers: int = 1, only: str | None = None, partial=None
 ) -> dict:
-    "Every study run for `seeds` seeds in `workers` processes (finished runs go to `partial`); the record."
+    "Every study run for `seeds` seeds in `workers` processes; runs already in `partial` are kept, not rerun."
     import alignbook
 
     t0 = time.perf_counter()
     jobs = [(r, s) for s in range(seeds) for r in _runs(budget) if only is None or only in r["name"]]
     partial = Path(partial) if partial else None
-    runs = []
+    runs = _finished_runs(partial) if partial else []
+    done = {(r["name"], r["seed"]) for r in runs}
+    runs = [r for r in runs if any((j["name"], s) == (r["name"], r["seed"]) for j, s in jobs)]
+    jobs = [(r, s) for r, s in jobs if (r["name"], s) not in done]  # a stopped study resumes where it was
     if workers > 1:
         import multiprocessing as mp
 
@@ -152,13 +159,14 @@ def fail_study(
     ex = expert_data()
     xs, c = policy_samples(toy_digits_flow(), 400)
     return {
-        "command": "alignbook bench fail-study "
-        + " ".join(sys.argv[3:] if sys.argv[1:2] == ["bench"] else []),
+        "command": "alignbook study fail "
+        + " ".join(sys.argv[3:] if sys.argv[1:2] in (["bench"], ["study"]) else []),
         "budget": budget,
         "seeds": seeds,
         "version": alignbook.__version__,
         "torch": torch.__version__,
         "seconds": time.perf_counter() - t0,
+        "run_seconds": sum(r["seconds"] for r in runs),  # with resumed runs, more than this call's seconds
         "floor": distance_to_expert(ex["heldout"][:400], ex["heldout"][400:800], 4),
         "base": {
             "dist": distance_to_expert(xs, ex["heldout"], 4),
@@ -173,6 +181,19 @@ def fail_study(
     }
 
 
+def _finished_runs(partial: Path) -> list[dict]:
+    "The runs already recorded in a study's .partial.jsonl (a half-written last line is dropped)."
+    if not partial.exists():
+        return []
+    runs = []
+    for line in partial.read_text().splitlines():
+        try:
+            runs.append(json.loads(line))
+        except ValueError:
+            continue
+    return runs
+
+
 def record_from_partial(budget: str = "short", note: str = "") -> Path:
     "Write the record of `budget` from the runs finished so far (.partial.jsonl), marked partial."
     import alignbook
@@ -182,7 +203,7 @@ def record_from_partial(budget: str = "short", note: str = "") -> Path:
     ex = expert_data()
     xs, c = policy_samples(toy_digits_flow(), 400)
     rec = {
-        "command": f"alignbook bench fail-study --budget {budget} --workers 2 (cut short: {note})",
+        "command": f"alignbook study fail --budget {budget} --workers 2 (cut short: {note})",
         "budget": budget,
         "seeds": max(r["seed"] for r in runs) + 1,
         "version": alignbook.__version__,
@@ -211,10 +232,10 @@ def study_path(budget: str = "short") -> Path:
 
 
 def bench_fail_study(argv: list[str]) -> dict:
-    "`alignbook bench fail-study --budget short|long [--seeds N] [--workers N] [--out FILE]`: run and record."
-    import argparse
+    "`alignbook study fail --budget short|long [--seeds N] [--workers N] [--out FILE]`: run and record."
+    import argparse, shlex
 
-    p = argparse.ArgumentParser(prog="alignbook bench fail-study")
+    p = argparse.ArgumentParser(prog="alignbook study fail")
     p.add_argument("--budget", default="short", choices=["smoke", "short", "long"])
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--workers", type=int, default=1)
@@ -224,7 +245,7 @@ def bench_fail_study(argv: list[str]) -> dict:
     seeds = a.seeds or {"smoke": 1, "short": 3, "long": 5}[a.budget]
     out = Path(a.out) if a.out else study_path(a.budget)
     rec = fail_study(a.budget, seeds, a.workers, a.only, out.with_suffix(".partial.jsonl"))
-    rec["command"] = "alignbook bench fail-study " + " ".join(argv)
+    rec["command"] = "alignbook study fail " + shlex.join(argv)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1))
     return {"out": str(out), "seconds": rec["seconds"], "runs": len(rec["runs"])}
