@@ -117,7 +117,7 @@ def matmul_peak(
 
 
 class TokenCount:
-    "While active, count tokens through every `*ForCausalLM` forward: with grad (trained) and without."
+    "While active, count tokens through every causal LM (or reward model) forward: with grad and without."
 
     def __init__(self):
         self.train_tokens = self.fwd_tokens = 0
@@ -125,7 +125,7 @@ class TokenCount:
         self._n: dict[int, int] = {}
 
     def _hook(self, module, args, kwargs, output):
-        if not type(module).__name__.endswith("ForCausalLM"):
+        if not type(module).__name__.endswith(("ForCausalLM", "ForSequenceClassification")):
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
         if not torch.is_tensor(ids):
