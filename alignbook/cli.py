@@ -143,7 +143,7 @@ def _sigterm(signum, frame):
 
 
 def launch_train_argv(args) -> list[str]:
-    "The `accelerate launch … -m alignbook.cli train …` command that runs `args` on --num-processes processes."
+    "The `accelerate launch … -m alignbook.cli train …` command running `args` on --num-processes processes."
     from alignbook.launch import launch_argv
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
