@@ -118,10 +118,11 @@ def test_gpu_smoke_dry_path():
     "`python -m alignbook.bench.gpu_smoke --device cpu --tiny`: the code runs; figures are positive."
     from alignbook.bench.gpu_smoke import gpu_smoke
 
-    res = gpu_smoke(["sft", "dpo", "grpo", "mapo"], steps=1, device="cpu", tiny=True, fsdp=False)
+    res = gpu_smoke(["sft", "grpo", "mapo", "fpo"], steps=1, device="cpu", tiny=True, fsdp=False)
     assert res["failed"] == [], {o: r.get("error") for o, r in res["objectives"].items()}
-    assert "mapo" in res["skipped"]  # Stable Diffusion: no offline family builder, said so
-    for o in ("sft", "dpo", "grpo"):
+    assert "Hub" in res["skipped"]["fpo"]  # what cannot be built offline is said, with the reason
+    assert "stand_in" in res["objectives"]["mapo"]  # Stable Diffusion: the toy digits flow stands in
+    for o in ("sft", "grpo"):
         r = res["objectives"][o]
         assert r["train_tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["lora"], (o, r)
     assert res["objectives"]["grpo"]["tokens_per_s"] > res["objectives"]["grpo"]["train_tokens_per_s"]
