@@ -34,7 +34,7 @@ def train(
     launch = ["--num-processes", str(n), "--main-process-port", str(port)] if n > 1 else []
     cmd = [sys.executable, "-m", "alignbook.cli", "train", objective, "--out", str(out), *launch]
     r = subprocess.run(
-        cmd + ["log_every=1", "device=cpu", *overrides], env=ENV, capture_output=True, text=True, timeout=600
+        cmd + ["log_every=1", "device=cpu", *overrides], env=ENV, capture_output=True, text=True, timeout=1800
     )
     assert r.returncode == 0, r.stderr[-4000:]
     return r
