@@ -8,7 +8,7 @@ PRESET ?= toy
 # notebooks executed at once by `make book`; each kernel gets cores/JOBS BLAS threads, so they never oversubscribe
 JOBS ?= 2
 
-.PHONY: install book outputs test lab clean export
+.PHONY: install book outputs test lab clean export gpu-smoke
 .DEFAULT_GOAL := book
 
 $(PY):
@@ -40,6 +40,11 @@ test: install
 	$(VENV)/bin/ruff check alignbook tests
 	$(OFFLINE) $(PY) -m pytest -q tests
 	$(OFFLINE) OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers 2
+
+# on a machine with an NVIDIA GPU (no internet needed): every objective a few steps in bf16 on small models
+# built from the gpu presets' configs; prints JSON (tokens/s, peak memory, MFU). Dry path: --device cpu --tiny
+gpu-smoke: install
+	$(OFFLINE) $(PY) -m alignbook.bench.gpu_smoke
 
 lab: install
 	$(VENV)/bin/jupyter lab nbs $(if $(filter 0,$(shell id -u)),--allow-root)

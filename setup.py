@@ -23,6 +23,8 @@ dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 book_requirements = shlex.split(cfg.get('book_requirements', ''))  # make book: Sphinx site, browser test
 course_requirements = shlex.split(cfg.get('course_requirements', ''))  # instructors: nbgrader
 sae_requirements = shlex.split(cfg.get('sae_requirements', ''))
+vllm_requirements = shlex.split(cfg.get('vllm_requirements', ''))  # gpu RL rollouts (Linux, NVIDIA)
+deepspeed_requirements = shlex.split(cfg.get('deepspeed_requirements', ''))  # the zero2/zero3 launch configs
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 min_python = cfg['min_python']
 console_scripts = cfg.get('console_scripts', '').split()
@@ -41,7 +43,8 @@ setuptools.setup(
     package_data={'alignbook': ['assets/*', 'assets/**/*']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements + book_requirements + course_requirements + sae_requirements,
-                    'book': book_requirements, 'course': course_requirements, 'sae': sae_requirements},
+                    'book': book_requirements, 'course': course_requirements, 'sae': sae_requirements,
+                    'vllm': vllm_requirements, 'deepspeed': deepspeed_requirements},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, dataclasses, json, numbers, os, signal, sys, time
 from collections.abc import Mapping
 from pathlib import Path
+from .launch import LAUNCH_CONFIGS
 from alignbook.config import (
     ALIASES,
     STUDIES,
@@ -22,8 +23,8 @@ from alignbook.config import (
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED', 'EXIT_REFUSED', 'EXIT_SIGINT', 'EXIT_SIGTERM', 'FINISHED',
-           'result_summary', 'cmd_list', 'validate_run_dir', 'validate_data', 'cmd_train', 'cmd_bench', 'cmd_study',
-           'cmd_eval', 'cmd_rewrite', 'cmd_build_base', 'cmd_book', 'parser', 'main']
+           'result_summary', 'cmd_list', 'validate_run_dir', 'validate_data', 'launch_train_argv', 'cmd_train',
+           'cmd_bench', 'cmd_study', 'cmd_eval', 'cmd_rewrite', 'cmd_build_base', 'cmd_book', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #80d87390
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_REFUSED = 0, 2, 3, 4
@@ -141,9 +142,36 @@ def _sigterm(signum, frame):
     )
 
 
+def launch_train_argv(args) -> list[str]:
+    "The `accelerate launch … -m alignbook.cli train …` command running `args` on --num-processes processes."
+    from alignbook.launch import launch_argv
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "--num-processes/--accelerate-config: this process was started by a launcher already; drop them"
+        )
+    overrides = parse_overrides(args.overrides)
+    cfg = get_config(args.objective, args.preset, **overrides)  # bad overrides fail here, before any launch
+    out = args.out or cfg.out_dir or f"runs/{args.objective}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    train_args = [args.objective, "--preset", cfg.preset, "--out", str(out)]
+    train_args += ["--force-config"] if args.force_config else []
+    return launch_argv(
+        train_args + list(args.overrides),
+        args.num_processes or 1,
+        args.accelerate_config,
+        main_process_port=args.main_process_port,
+    )
+
+
 def cmd_train(args) -> int:
     from alignbook.train import RunLock, atomic_write
 
+    if args.num_processes is not None or args.accelerate_config is not None:
+        argv = launch_train_argv(args)
+        print("alignbook: " + " ".join(argv), file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(argv[0], argv)  # the launcher takes this process's place (and its signals)
     overrides = parse_overrides(args.overrides)
     if args.out:
         overrides["out_dir"] = args.out
@@ -151,6 +179,10 @@ def cmd_train(args) -> int:
         overrides["force_config"] = True
     cfg = get_config(args.objective, args.preset, **overrides)
     if not cfg.out_dir:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                "--out is required under several processes (each would choose its own time-stamped directory)"
+            )
         cfg = cfg.replace(out_dir=f"runs/{args.objective}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
@@ -172,7 +204,8 @@ def cmd_train(args) -> int:
                 atomic_write(out / FINISHED, json.dumps(done))
     finally:
         signal.signal(signal.SIGTERM, old_sigterm)
-    _print_json(result)
+    if main_process:
+        _print_json(result)
     return 0
 
 
@@ -321,6 +354,18 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume --out even though the config differs from the saved one (the new values win)",
     )
+    t.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        help="train on N processes (GPUs): starts itself again under `accelerate launch`",
+    )
+    t.add_argument(
+        "--accelerate-config",
+        default=None,
+        help=f"launch config: one of {', '.join(LAUNCH_CONFIGS)} or a YAML file (default: ddp)",
+    )
+    t.add_argument("--main-process-port", type=int, default=None, help="rendezvous port (default 29500)")
     t.add_argument("overrides", nargs="*", help="config overrides key=value")
     t.set_defaults(fn=cmd_train)
     commands = (

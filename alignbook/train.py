@@ -467,10 +467,19 @@ class Trainer:
         return row
 
     # --- checkpoints --------------------------------------------------------------------------------------
+    def sharded(self) -> bool:
+        "True under FSDP or DeepSpeed: weights or optimiser state live in shards, one per process."
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
     def _trainable_state(self) -> dict:
-        return {
-            n: p.detach().contiguous().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad
-        }
+        names = [n for n, p in self.unwrapped.named_parameters() if p.requires_grad]
+        if self.sharded():  # a collective: every process calls it, the main one receives the full tensors
+            full = self.accelerator.get_state_dict(self.model)
+            return {n: full[n].detach().contiguous().cpu() for n in names if n in full}
+        params = dict(self.unwrapped.named_parameters())
+        return {n: params[n].detach().contiguous().cpu() for n in names}
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.requires_grad)
@@ -483,8 +492,9 @@ class Trainer:
         ck = self.out_dir / f"checkpoint-{self.step}"
         rank = self.accelerator.process_index
         tmp = self.out_dir / f".tmp-checkpoint-{self.step}"
+        full = self._trainable_state() if self.sharded() else None  # every process gathers
         if self.is_main:
-            weights = self._trainable_state()
+            weights = full if full is not None else self._trainable_state()
             if not all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point()):
                 raise NonFiniteError(
                     f"the weights at step {self.step} are not finite; kept the last checkpoint instead of "
@@ -507,6 +517,8 @@ class Trainer:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
         self.accelerator.wait_for_everyone()
         torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+        if self.sharded() and rank > 0:  # each process keeps its shard of the optimiser state
+            torch.save(self.optimizer.state_dict(), tmp / f"optimizer-{rank}.pt")
         self.accelerator.wait_for_everyone()
         if self.is_main:
             for p in tmp.iterdir():
@@ -619,10 +631,10 @@ class Trainer:
                 f"checkpoint {ck} lacks trainable parameters {missing[:3]}…: "
                 "was it saved from another model or LoRA setup?"
             )
-        with torch.no_grad():
-            for n, t in sd.items():
-                mine[n].copy_(t)
-        self.optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+        self._load_weights(sd)
+        rank = self.accelerator.process_index
+        opt = ck / (f"optimizer-{rank}.pt" if self.sharded() and rank > 0 else "optimizer.pt")
+        self.optimizer.load_state_dict(torch.load(opt, weights_only=True))
         self.scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=True))
         self.step, self.state = ts["step"], ts["state"]
         self._window, self.finished = ts.get("window", []), ts.get("finished", False)
@@ -638,6 +650,26 @@ class Trainer:
             atomic_write(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.accelerator.wait_for_everyone()
         return True
+
+    def _load_weights(self, sd: dict):
+        "Copy full tensors `sd` into the model (under FSDP each process keeps its shard of them)."
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise RunRefused(
+                "resuming under DeepSpeed is not supported: resume with --accelerate-config fsdp or ddp "
+                "(checkpoints hold full weights), or start a new run from them with model=<checkpoint>"
+            )
+        if self.sharded():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.model, sd, options=opts)
+            return
+        mine = dict(self.unwrapped.named_parameters())
+        with torch.no_grad():
+            for n, t in sd.items():
+                mine[n].copy_(t)
 
     # --- interruptions ------------------------------------------------------------------------------------
     def stop_if_requested(self, saved: bool = False):
@@ -810,6 +842,16 @@ class Trainer:
     def save_model(self, path, tokenizer=None, merge_lora: bool = True, model=None) -> Path:
         "Save the trained model (or `model`, e.g. the policy inside it) with `save_pretrained`, LoRA merged."
         path = Path(path)
+        if self.sharded():  # gather the full weights; LoRA adapters stay unmerged
+            full = self.accelerator.get_state_dict(self.model)
+            if self.is_main:
+                (self.unwrapped if model is None else model).save_pretrained(
+                    path, state_dict=full, safe_serialization=True
+                )
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(path)
+            self.accelerator.wait_for_everyone()
+            return path
         if self.is_main:
             m = self.unwrapped if model is None else model
             if merge_lora and hasattr(m, "merge_and_unload"):

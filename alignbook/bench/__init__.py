@@ -8,7 +8,7 @@ import subprocess, sys, json, time
 import torch
 
 # %% auto #0
-__all__ = ['PeakMemory', 'sync', 'step_timer', 'spawn_arm', 'ratio']
+__all__ = ['PeakMemory', 'sync', 'step_timer', 'spawn_arm', 'ratio', 'matmul_peak', 'TokenCount', 'add_flops']
 
 # %% ../../nbs/92_bench.ipynb #236c11f1
 def _proc_mb() -> tuple[float, float]:
@@ -87,3 +87,67 @@ def spawn_arm(module: str, fn: str, arm: str, spec: dict) -> dict:
 def ratio(res: dict, a: str, b: str, key: str) -> float | None:
     "res[a][key] / res[b][key], or None when an arm is missing."
     return res[a][key] / res[b][key] if a in res and b in res and res[b][key] > 0 else None
+
+# %% ../../nbs/92_bench.ipynb #f10b5002
+def matmul_peak(
+    dtype=None, device=None, n: int | None = None, seconds: float = 0.5, threads: int | None = None
+) -> float:
+    "The machine's measured matmul peak in FLOP/s: n×n products in `dtype`, timed for about `seconds`."
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    n = n or (8192 if dev.type == "cuda" else 512)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+        for _ in range(2):  # warm-up: kernels chosen, clocks up
+            a @ b
+        sync()
+        reps, t0 = 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - t0 < seconds:
+            a @ b
+            reps += 1
+            if reps % 4 == 0:
+                sync()
+        sync()
+        return 2.0 * n**3 * reps / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+
+
+class TokenCount:
+    "While active, count tokens through every causal LM (or reward model) forward: with grad and without."
+
+    def __init__(self):
+        self.train_tokens = self.fwd_tokens = 0
+        self.flops = 0.0
+        self._n: dict[int, int] = {}
+
+    def _hook(self, module, args, kwargs, output):
+        if not type(module).__name__.endswith(("ForCausalLM", "ForSequenceClassification")):
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not torch.is_tensor(ids):
+            return
+        n = self._n.setdefault(id(module), sum(p.numel() for p in module.parameters()))
+        grad = torch.is_grad_enabled()
+        self.train_tokens += ids.numel() if grad else 0
+        self.fwd_tokens += 0 if grad else ids.numel()
+        self.flops += (6.0 if grad else 2.0) * n * ids.numel()
+
+    def __enter__(self):
+        self.handle = torch.nn.modules.module.register_module_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def add_flops(res: dict, peak: float) -> dict:
+    "Add achieved FLOP/s and its fraction of `peak` to each arm of `res` that reports flops_per_step."
+    for arm in res.values():
+        if arm.get("flops_per_step") and arm.get("time_per_step_s"):
+            arm["achieved_flops_per_s"] = arm["flops_per_step"] / arm["time_per_step_s"]
+            arm["fraction_of_peak"] = arm["achieved_flops_per_s"] / peak
+    return res

@@ -14,6 +14,9 @@ __all__ = ['ARMS', 'run_arm', 'bench_dpo']
 # %% ../../nbs/92b_bench_dpo.ipynb #8e18135e
 from alignbook.bench import (
     PeakMemory,
+    TokenCount,
+    add_flops,
+    matmul_peak,
     spawn_arm,
     sync,
     step_timer,
@@ -40,99 +43,102 @@ def run_arm(arm: str, spec: dict) -> dict:
     model.to(dev)
     ds = gpoints_preferences(spec["n"], seed=0).select_columns(["prompt", "chosen", "rejected"])
     mem = PeakMemory(cuda).start()
-    steps, warm = spec["steps"], spec["warmup"]
-    times, extra = [], {}
-    if arm == "trl":
-        from trl import DPOConfig, DPOTrainer
+    tc = TokenCount()  # FLOPs of every forward (2·N a token) and backward (4·N)
+    with tc:
+        steps, warm = spec["steps"], spec["warmup"]
+        times, extra = [], {}
+        if arm == "trl":
+            from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(
-            output_dir=tempfile.mkdtemp(),
-            per_device_train_batch_size=spec["batch"],
-            max_steps=steps + warm,
-            beta=spec["beta"],
-            learning_rate=spec["lr"],
-            lr_scheduler_type="constant",
-            logging_steps=10**6,
-            report_to="none",
-            use_cpu=not cuda,
-            max_length=spec["max_length"],
-            save_strategy="no",
-            dataloader_num_workers=0,
-            seed=0,
-            max_grad_norm=1.0,
-            gradient_checkpointing=False,
-            bf16=False,
-            optim="adamw_torch",
-            weight_decay=0.0,
-            warmup_steps=0,
-        )
-        tr = DPOTrainer(
-            model=model,
-            ref_model=copy.deepcopy(model),
-            args=args,
-            train_dataset=ds,
-            processing_class=tok,
-            callbacks=[step_timer(times)],
-        )
-        tr.train()
-        times = times[warm:]
-    else:
-        from alignbook.train import Trainer
-        from alignbook.data import tokenize_preference, collate_preference
-        from alignbook.lm.reference import make_reference, precompute_reference, PrecomputedReference
-        from alignbook.lm.prefloss import paired_loss_fn
-
-        c = get_config(
-            "dpo",
-            "toy",
-            batch_size=spec["batch"],
-            lr=spec["lr"],
-            beta=spec["beta"],
-            max_steps=steps + warm,
-            max_grad_norm=1.0,
-            scheduler="constant",
-            seed=0,
-            device=dev,
-            lora=lora,
-            log_every=10**6,
-        )
-        rows = tokenize_preference(ds, tok, spec["max_length"])
-        collate = lambda rs: collate_preference(rs, tok.pad_token_id)
-        kind = {
-            "ours": "copy",
-            "ours_shared": "copy",
-            "ours_precomputed": "copy",
-            "lora_disabled": "disabled_adapter",
-            "lora_copy": "copy",
-        }[arm]
-        if arm == "ours_shared":  # one forward row per pair: prompt + chosen + rejected (4-D mask)
-            from alignbook.data import collate_shared_prompt
-
-            collate = lambda rs: collate_shared_prompt(rs, tok.pad_token_id)
-        model.config.use_cache = False  # as TRL does in training: no KV cache objects during the forward
-        ref = make_reference(kind, model)
-        if hasattr(ref, "to"):
-            ref.to(dev)
-        if arm == "ours_precomputed":
-            t0 = time.perf_counter()
-            rows, _ = precompute_reference(
-                ref, model, rows, collate, tempfile.mkdtemp(), batch_size=spec["batch"], device=dev
+            args = DPOConfig(
+                output_dir=tempfile.mkdtemp(),
+                per_device_train_batch_size=spec["batch"],
+                max_steps=steps + warm,
+                beta=spec["beta"],
+                learning_rate=spec["lr"],
+                lr_scheduler_type="constant",
+                logging_steps=10**6,
+                report_to="none",
+                use_cpu=not cuda,
+                max_length=spec["max_length"],
+                save_strategy="no",
+                dataloader_num_workers=0,
+                seed=0,
+                max_grad_norm=1.0,
+                gradient_checkpointing=False,
+                bf16=False,
+                optim="adamw_torch",
+                weight_decay=0.0,
+                warmup_steps=0,
             )
-            extra["precompute_s"] = time.perf_counter() - t0
-            del ref
-            ref = PrecomputedReference()
-        tr = Trainer(model, c, loss_fn=paired_loss_fn("dpo", c, ref), train_data=rows, collate_fn=collate)
-        for i in range(steps + warm):
-            sync()
-            t0 = time.perf_counter()
-            tr.train_step()
-            sync()
-            if i >= warm:
-                times.append(time.perf_counter() - t0)
+            tr = DPOTrainer(
+                model=model,
+                ref_model=copy.deepcopy(model),
+                args=args,
+                train_dataset=ds,
+                processing_class=tok,
+                callbacks=[step_timer(times)],
+            )
+            tr.train()
+            times = times[warm:]
+        else:
+            from alignbook.train import Trainer
+            from alignbook.data import tokenize_preference, collate_preference
+            from alignbook.lm.reference import make_reference, precompute_reference, PrecomputedReference
+            from alignbook.lm.prefloss import paired_loss_fn
+
+            c = get_config(
+                "dpo",
+                "toy",
+                batch_size=spec["batch"],
+                lr=spec["lr"],
+                beta=spec["beta"],
+                max_steps=steps + warm,
+                max_grad_norm=1.0,
+                scheduler="constant",
+                seed=0,
+                device=dev,
+                lora=lora,
+                log_every=10**6,
+            )
+            rows = tokenize_preference(ds, tok, spec["max_length"])
+            collate = lambda rs: collate_preference(rs, tok.pad_token_id)
+            kind = {
+                "ours": "copy",
+                "ours_shared": "copy",
+                "ours_precomputed": "copy",
+                "lora_disabled": "disabled_adapter",
+                "lora_copy": "copy",
+            }[arm]
+            if arm == "ours_shared":  # one forward row per pair: prompt + chosen + rejected (4-D mask)
+                from alignbook.data import collate_shared_prompt
+
+                collate = lambda rs: collate_shared_prompt(rs, tok.pad_token_id)
+            model.config.use_cache = False  # as TRL does in training: no KV cache objects during the forward
+            ref = make_reference(kind, model)
+            if hasattr(ref, "to"):
+                ref.to(dev)
+            if arm == "ours_precomputed":
+                t0 = time.perf_counter()
+                rows, _ = precompute_reference(
+                    ref, model, rows, collate, tempfile.mkdtemp(), batch_size=spec["batch"], device=dev
+                )
+                extra["precompute_s"] = time.perf_counter() - t0
+                del ref
+                ref = PrecomputedReference()
+            tr = Trainer(model, c, loss_fn=paired_loss_fn("dpo", c, ref), train_data=rows, collate_fn=collate)
+            for i in range(steps + warm):
+                sync()
+                t0 = time.perf_counter()
+                tr.train_step()
+                sync()
+                if i >= warm:
+                    times.append(time.perf_counter() - t0)
     return dict(
         time_per_step_s=statistics.median(times),
         peak_mem_mb=mem.peak_mb(),
         steps_measured=len(times),
+        flops_per_step=tc.flops / (steps + warm),
         memory=mem.how,
         **extra,
     )
@@ -183,6 +189,8 @@ def bench_dpo(argv: list[str]) -> dict:
             "peak_mem_mb": min(x["peak_mem_mb"] for x in rs),
             "all_time_per_step_s": [round(x["time_per_step_s"], 4) for x in rs],
         }
+    peak = matmul_peak(torch.float32, threads=a.threads)  # the arms compute in float32
+    add_flops(res, peak)
     from alignbook.models import toy_model, toy_tokenizer, count_params
 
     out = dict(
@@ -194,6 +202,7 @@ def bench_dpo(argv: list[str]) -> dict:
             "params": count_params(toy_model(toy_tokenizer(), **spec["model_kw"])),
         },
         arms=res,
+        matmul_peak_flops=peak,
         ratio_time_vs_trl=ratio(res, "ours", "trl", "time_per_step_s"),
         ratio_mem_vs_trl=ratio(res, "ours", "trl", "peak_mem_mb"),
         ratio_time_shared_prompt_vs_trl=ratio(res, "ours_shared", "trl", "time_per_step_s"),

@@ -8,7 +8,7 @@ import argparse, random, tempfile, time
 import torch
 from ..config import get_config, register_benchmark
 from ..models import count_params, toy_model, toy_tokenizer
-from . import PeakMemory, spawn_arm, step_timer
+from . import PeakMemory, TokenCount, add_flops, matmul_peak, spawn_arm, step_timer
 
 # %% auto #0
 __all__ = ['bench_grpo']
@@ -27,95 +27,98 @@ def _bench_side(side: str, spec: dict) -> dict:
     from trl import GRPOConfig, GRPOTrainer  # both sides import the same libraries before the baseline
 
     mem = PeakMemory(cuda).start()
-    P, G, L, steps = spec["prompts"], spec["group_size"], spec["completion_len"], spec["steps"]
-    if side == "ours":
-        cfg = get_config(
-            "grpo",
-            model=spec["model"],
-            max_steps=steps + 1,
-            eval_every=0,
-            hands_per_step=P,
-            group_size=G,
-            max_new_tokens=L,
-            batch_size=P * G,
-            gen_batch_size=P * G,
-            lr=1e-5,
-            log_every=1,
-        )
-        out = train_rl(cfg, progress=False)
-        rows = [r for r in out["history"] if "time/gen_s" in r][1:]
-        step_s = [r["time/gen_s"] + r["time/update_s"] for r in rows]
-        gen_s = [r["time/gen_s"] for r in rows]
-        comp_len = statistics.mean(r["completion_len"] for r in rows)
-    elif side == "trl":
-        from datasets import Dataset
+    tc = TokenCount()  # FLOPs of every forward (2·N a token) and backward (4·N)
+    with tc:
+        P, G, L, steps = spec["prompts"], spec["group_size"], spec["completion_len"], spec["steps"]
+        if side == "ours":
+            cfg = get_config(
+                "grpo",
+                model=spec["model"],
+                max_steps=steps + 1,
+                eval_every=0,
+                hands_per_step=P,
+                group_size=G,
+                max_new_tokens=L,
+                batch_size=P * G,
+                gen_batch_size=P * G,
+                lr=1e-5,
+                log_every=1,
+            )
+            out = train_rl(cfg, progress=False)
+            rows = [r for r in out["history"] if "time/gen_s" in r][1:]
+            step_s = [r["time/gen_s"] + r["time/update_s"] for r in rows]
+            gen_s = [r["time/gen_s"] for r in rows]
+            comp_len = statistics.mean(r["completion_len"] for r in rows)
+        elif side == "trl":
+            from datasets import Dataset
 
-        rng = random.Random("alignbook-bench-grpo")
-        hands = [gpoints.sample_hand(rng, gpoints.ID_RULE) for _ in range(P * (steps + 1))]
-        by_prompt = {gpoints.toy_prompt(h): h for h in hands}
-        ds = Dataset.from_list(
-            [{"prompt": [{"role": "user", "content": gpoints.toy_prompt(h)}]} for h in hands]
-        )
+            rng = random.Random("alignbook-bench-grpo")
+            hands = [gpoints.sample_hand(rng, gpoints.ID_RULE) for _ in range(P * (steps + 1))]
+            by_prompt = {gpoints.toy_prompt(h): h for h in hands}
+            ds = Dataset.from_list(
+                [{"prompt": [{"role": "user", "content": gpoints.toy_prompt(h)}]} for h in hands]
+            )
 
-        def reward(prompts, completions, **kw):
-            return [
-                gpoints.score_response(
-                    c[0]["content"] if isinstance(c, list) else c,
-                    by_prompt[p[-1]["content"] if isinstance(p, list) else p],
-                ).reward
-                for p, c in zip(prompts, completions)
-            ]
+            def reward(prompts, completions, **kw):
+                return [
+                    gpoints.score_response(
+                        c[0]["content"] if isinstance(c, list) else c,
+                        by_prompt[p[-1]["content"] if isinstance(p, list) else p],
+                    ).reward
+                    for p, c in zip(prompts, completions)
+                ]
 
-        tmp = tempfile.mkdtemp()
-        args = GRPOConfig(
-            output_dir=tmp,
-            per_device_train_batch_size=P * G,
-            num_generations=G,
-            max_completion_length=L,
-            max_steps=steps + 1,
-            learning_rate=1e-5,
-            beta=0.0,
-            loss_type="dapo",
-            temperature=1.0,
-            top_k=0,
-            logging_steps=1,
-            report_to=[],
-            save_strategy="no",
-            use_cpu=not cuda,
-            bf16=False,
-            seed=0,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            shuffle_dataset=False,
-            gradient_checkpointing=spec["gradient_checkpointing"],
-        )
-        tok = load_tokenizer(spec["model"])
-        tr = GRPOTrainer(
-            model=spec["model"], reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok
-        )
-        times, gens, lens = [], [], []
-        orig = tr._generate_and_score_completions
+            tmp = tempfile.mkdtemp()
+            args = GRPOConfig(
+                output_dir=tmp,
+                per_device_train_batch_size=P * G,
+                num_generations=G,
+                max_completion_length=L,
+                max_steps=steps + 1,
+                learning_rate=1e-5,
+                beta=0.0,
+                loss_type="dapo",
+                temperature=1.0,
+                top_k=0,
+                logging_steps=1,
+                report_to=[],
+                save_strategy="no",
+                use_cpu=not cuda,
+                bf16=False,
+                seed=0,
+                dataloader_num_workers=0,
+                disable_tqdm=True,
+                shuffle_dataset=False,
+                gradient_checkpointing=spec["gradient_checkpointing"],
+            )
+            tok = load_tokenizer(spec["model"])
+            tr = GRPOTrainer(
+                model=spec["model"], reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok
+            )
+            times, gens, lens = [], [], []
+            orig = tr._generate_and_score_completions
 
-        def timed(*a, **k):
-            t = time.perf_counter()
-            out = orig(*a, **k)
-            gens.append(time.perf_counter() - t)
-            lens.append(float(out["completion_mask"].sum(1).float().mean()))
-            return out
+            def timed(*a, **k):
+                t = time.perf_counter()
+                out = orig(*a, **k)
+                gens.append(time.perf_counter() - t)
+                lens.append(float(out["completion_mask"].sum(1).float().mean()))
+                return out
 
-        tr._generate_and_score_completions = timed
+            tr._generate_and_score_completions = timed
 
-        tr.add_callback(step_timer(times))
-        tr.train()
-        step_s, gen_s, comp_len = times[1:], gens[1:], statistics.mean(lens[1:])
-    else:
-        raise ValueError(f"side must be 'ours' or 'trl', got {side!r}")
+            tr.add_callback(step_timer(times))
+            tr.train()
+            step_s, gen_s, comp_len = times[1:], gens[1:], statistics.mean(lens[1:])
+        else:
+            raise ValueError(f"side must be 'ours' or 'trl', got {side!r}")
     return dict(
         time_per_step_s=statistics.median(step_s),
         gen_share=sum(gen_s) / sum(step_s),
         peak_mem_mb=mem.peak_mb(),
         mean_completion_len=comp_len,
         steps_measured=len(step_s),
+        flops_per_step=tc.flops / (steps + 1),
         memory=mem.how + " from after imports (model, optimiser, activations)",
     )
 
@@ -145,6 +148,8 @@ def bench_grpo(argv: list[str]) -> dict:
         gradient_checkpointing=gc,
     )
     res = {side: spawn_arm("alignbook.bench.grpo", "_bench_side", side, spec) for side in ("trl", "ours")}
+    peak = matmul_peak(torch.float32, threads=a.threads)  # the arms compute in float32
+    add_flops(res, peak)
     o, t = res["ours"], res["trl"]
     return dict(
         benchmark="grpo",
@@ -157,6 +162,7 @@ def bench_grpo(argv: list[str]) -> dict:
         ),
         alignbook=o,
         trl=t,
+        matmul_peak_flops=peak,
         ratio_time_per_step=o["time_per_step_s"] / t["time_per_step_s"],
         ratio_peak_mem=o["peak_mem_mb"] / t["peak_mem_mb"],
         goal="ratios <= 1.0",

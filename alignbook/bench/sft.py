@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, statistics, tempfile, time
 import torch
 from ..config import register_benchmark
-from . import PeakMemory, spawn_arm, step_timer, sync, ratio
+from . import PeakMemory, TokenCount, add_flops, matmul_peak, spawn_arm, step_timer, sync, ratio
 
 # %% auto #0
 __all__ = ['fixed_length_sft_data', 'sft_arm', 'bench_sft']
@@ -45,75 +45,78 @@ def sft_arm(arm: str, spec: dict) -> dict:
     model = toy_model(tok, seed=0, **spec["model_kw"]).to(dev)
     ds = fixed_length_sft_data(spec["n"], spec["prompt_len"], spec["completion_len"])
     steps, warm, times = spec["steps"], spec["warmup"], []
-    if arm == "trl":
-        from trl import SFTConfig, SFTTrainer
+    tc = TokenCount()  # FLOPs of every forward (2·N a token) and backward (4·N)
+    with tc:
+        if arm == "trl":
+            from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(
-            output_dir=tempfile.mkdtemp(),
-            per_device_train_batch_size=spec["batch"],
-            max_steps=steps + warm,
-            learning_rate=spec["lr"],
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            optim="adamw_torch",
-            max_grad_norm=1.0,
-            logging_steps=10**6,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=dev == "cpu",
-            max_length=spec["max_length"],
-            completion_only_loss=True,
-            packing=False,
-            dataloader_num_workers=0,
-            seed=0,
-            bf16=False,
-            gradient_checkpointing=False,
-        )
-        tr = SFTTrainer(
-            model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[step_timer(times)]
-        )
-        mem = PeakMemory().start()
-        tr.train()
-    else:
-        from alignbook.config import get_config
-        from alignbook.data import tokenize_sft, collate_sft
-        from alignbook.train import Trainer
-        from alignbook.lm.sft import sft_loss_fn, completion_tokens
+            args = SFTConfig(
+                output_dir=tempfile.mkdtemp(),
+                per_device_train_batch_size=spec["batch"],
+                max_steps=steps + warm,
+                learning_rate=spec["lr"],
+                lr_scheduler_type="constant",
+                warmup_steps=0,
+                weight_decay=0.0,
+                optim="adamw_torch",
+                max_grad_norm=1.0,
+                logging_steps=10**6,
+                save_strategy="no",
+                report_to="none",
+                use_cpu=dev == "cpu",
+                max_length=spec["max_length"],
+                completion_only_loss=True,
+                packing=False,
+                dataloader_num_workers=0,
+                seed=0,
+                bf16=False,
+                gradient_checkpointing=False,
+            )
+            tr = SFTTrainer(
+                model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[step_timer(times)]
+            )
+            mem = PeakMemory().start()
+            tr.train()
+        else:
+            from alignbook.config import get_config
+            from alignbook.data import tokenize_sft, collate_sft
+            from alignbook.train import Trainer
+            from alignbook.lm.sft import sft_loss_fn, completion_tokens
 
-        cfg = get_config(
-            "sft",
-            "toy",
-            batch_size=spec["batch"],
-            lr=spec["lr"],
-            max_steps=steps + warm,
-            scheduler="constant",
-            max_grad_norm=1.0,
-            device=dev,
-            log_every=10**6,
-            eval_size=0,
-        )
-        rows = tokenize_sft(ds, tok, spec["max_length"])
-        tr = Trainer(
-            model,
-            cfg,
-            loss_fn=sft_loss_fn(),
-            train_data=rows,
-            collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
-            weight_fn=completion_tokens,
-        )
-        mem = PeakMemory().start()
-        for _ in range(steps + warm):
-            sync()
-            t0 = time.perf_counter()
-            tr.train_step()
-            sync()
-            times.append(time.perf_counter() - t0)
+            cfg = get_config(
+                "sft",
+                "toy",
+                batch_size=spec["batch"],
+                lr=spec["lr"],
+                max_steps=steps + warm,
+                scheduler="constant",
+                max_grad_norm=1.0,
+                device=dev,
+                log_every=10**6,
+                eval_size=0,
+            )
+            rows = tokenize_sft(ds, tok, spec["max_length"])
+            tr = Trainer(
+                model,
+                cfg,
+                loss_fn=sft_loss_fn(),
+                train_data=rows,
+                collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
+                weight_fn=completion_tokens,
+            )
+            mem = PeakMemory().start()
+            for _ in range(steps + warm):
+                sync()
+                t0 = time.perf_counter()
+                tr.train_step()
+                sync()
+                times.append(time.perf_counter() - t0)
     times = times[warm:]
     return dict(
         time_per_step_s=statistics.median(times),
         peak_mem_mb=mem.peak_mb(),
         steps_measured=len(times),
+        flops_per_step=tc.flops / (steps + warm),
         memory=mem.how,
     )
 
@@ -144,11 +147,14 @@ def bench_sft(argv: list[str]) -> dict:
         model_kw=dict(hidden_size=a.hidden, intermediate_size=4 * a.hidden, num_hidden_layers=a.layers),
     )
     res = {arm: spawn_arm("alignbook.bench.sft", "sft_arm", arm, spec) for arm in ("trl", "alignbook")}
+    peak = matmul_peak(torch.float32, threads=a.threads)  # the arms compute in float32
+    add_flops(res, peak)
     return dict(
         benchmark="sft",
         device="cuda" if torch.cuda.is_available() else "cpu",
         setup={k: v for k, v in spec.items() if k != "model_kw"} | spec["model_kw"],
         arms=res,
+        matmul_peak_flops=peak,
         ratio_time_vs_trl=ratio(res, "alignbook", "trl", "time_per_step_s"),
         ratio_mem_vs_trl=ratio(res, "alignbook", "trl", "peak_mem_mb"),
         goals=dict(time_vs_trl="<= 1.0", mem_vs_trl="<= 1.0"),

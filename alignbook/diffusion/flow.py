@@ -55,7 +55,8 @@ def velocity(model, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Te
     "v_θ(x_σ, σ, c) of shape x.shape; sigma (B,) or scalar; cond: class ids (B,) or embeddings (B,L,D)."
     if not torch.is_tensor(sigma) or sigma.ndim == 0:
         sigma = torch.full((x.shape[0],), float(sigma), device=x.device)
-    base = getattr(model, "base_model", model)  # peft wrappers keep the diffusers class one level down
+    base = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    base = getattr(base, "base_model", base)  # peft wrappers keep the diffusers class one level down
     base = getattr(base, "model", base) if not isinstance(base, (UNet2DModel, UNet2DConditionModel)) else base
     if isinstance(base, UNet2DConditionModel) or isinstance(model, UNet2DConditionModel):
         if cond is None:

@@ -47,8 +47,14 @@ def validate_errors(**errs):
 
 def draw_noise(x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     "One training draw for images x (B,...): noise ε like x and noise levels σ (B,)."
-    noise = torch.randn(x.shape, generator=generator).to(x)
-    return noise, sample_sigmas(x.shape[0], generator, device=x.device)
+    # under N data-parallel processes, each takes its rows of one draw for the whole global batch (N·B):
+    # the same noise as one process would draw, so the run does not depend on N
+    dist = torch.distributed
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    B = x.shape[0]
+    noise = torch.randn((B * world, *x.shape[1:]), generator=generator)[rank * B : (rank + 1) * B].to(x)
+    sigma = sample_sigmas(B * world, generator)[rank * B : (rank + 1) * B]
+    return noise, sigma.to(x.device)
 
 # %% ../../nbs/41a_image_preftrain.ipynb #6c6ec52d
 PREF_LOSSES: dict = {}  # objective name → build(cfg, reference) → loss_fn(model, batch)

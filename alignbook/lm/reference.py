@@ -213,7 +213,11 @@ def precompute_reference(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"ref-logps-{data_hash(rows)}-{ref.fingerprint(policy)}.safetensors"
-    if path.exists():
+    dist = torch.distributed
+    many = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if path.exists() or (many and dist.get_rank() > 0):  # several processes: the first computes, all read
+        if many:
+            dist.barrier()
         vals = load_file(str(path))
     else:
         outs = []
@@ -225,7 +229,11 @@ def precompute_reference(
             outs.append(lp.view(len(keys), -1) if len(keys) > 1 else lp.view(1, -1))
         cat = torch.cat(outs, 1)
         vals = {k: cat[j].contiguous() for j, k in enumerate(keys)}
-        save_file(vals, str(path))
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(vals, str(tmp))
+        tmp.replace(path)  # a reader never sees half a file
+        if many:
+            dist.barrier()
     return [{**r, **{k: float(vals[k][i]) for k in keys}} for i, r in enumerate(rows)], path
 
 

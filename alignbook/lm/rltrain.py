@@ -27,6 +27,7 @@ from alignbook.lm.pg import (
     truncated_is_weights,
 )
 from .rollout import play_gpoints, pack_batch, completion_token_logps
+from .engine import ENGINES, is_correction, make_engine
 from .rleval import rl_evaluate, parse_rules
 from ..dryrun import dry_runnable
 
@@ -76,6 +77,9 @@ RL_COMMON_TOY = dict(
     vf_coef=0.1,
     value_clip=0.2,
     gen_batch_size=128,  # sequences per generate call
+    rollout_engine="generate",  # or "vllm" (optional extra; colocated, weights synced each round)
+    engine_tis_cap=3.0,  # truncated IS for the engine's mismatch (TRL's cap); None: uncorrected
+    vllm_gpu_memory_utilization=0.3,  # the share of the GPU vLLM may take beside the trainer
 )
 RL_COMMON_GPU = dict(
     model="Qwen/Qwen2.5-1.5B-Instruct",  # a small instruct model, as in the paper's language-only setting
@@ -98,6 +102,7 @@ RL_COMMON_GPU = dict(
     scheduler="constant",
     save_every=50,
     gen_batch_size=64,  # sequences per generate call on one GPU
+    rollout_engine="vllm",  # falls back to generate, with a message, where vLLM is not installed
 )
 ALGOS = {
     "grpo": (dict(), dict()),
@@ -148,6 +153,8 @@ def episode_rows(episodes, gamma: float = 1.0) -> list[dict]:
                     reward=turn["reward"] + penalty,
                 )
             )
+            if "sampler_logps" in turn:  # sampled by an inference engine, which reported its log-probs
+                ep_rows[-1]["sampler_logps"] = turn["sampler_logps"]
         future = 0.0
         for r in reversed(ep_rows):  # G_t = r_t + γ·G_{t+1}: later turns' rewards credit earlier turns
             future = r["reward"] + gamma * future
@@ -233,8 +240,9 @@ def _reference(cfg, policy):
 class GPointsRollouts:
     "The Trainer's `make_batch` for RL: play one round of GeneralPoints, score it, cut it into updates."
 
-    def __init__(self, tokenizer, cfg, algo: str, ref=None, n_params: int = 0):
+    def __init__(self, tokenizer, cfg, algo: str, ref=None, n_params: int = 0, engine=None):
         self.tok, self.cfg, self.algo, self.ref, self.n_params = tokenizer, cfg, algo, ref, n_params
+        self.engine = engine  # None: transformers' generate; else an engine synced from the policy each round
         self.rule = gpoints.ID_RULE if cfg.train_rule == "id" else gpoints.OOD_RULE
 
     def play(self, policy, rnd: int):
@@ -243,7 +251,7 @@ class GPointsRollouts:
         rng = random.Random(f"alignbook-rl-{cfg.seed}-{rnd}")
         hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
         return play_gpoints(
-            policy,
+            policy if self.engine is None else self.engine.sync(policy),
             self.tok,
             hands,
             cfg.group_size,
@@ -279,8 +287,14 @@ class GPointsRollouts:
             b["adv"], b["ret"] = gae(
                 R, v, mask.float(), 1.0, cfg.lam
             )  # γ applies across turns (episode_rows)
-        elif off_policy or cfg.sampler_temperature:
+        elif off_policy or cfg.sampler_temperature or "sampler_logps" in chunk[0]:
             b["old"] = completion_token_logps(trainer.model, b, cfg.temperature)[0]
+        if "sampler_logps" in chunk[0]:  # the engine's log-probs of the tokens it sampled
+            mask = b["completion_mask"][:, 1:].bool()
+            b["sampler"] = torch.zeros_like(b["old"])
+            b["sampler"][mask] = torch.tensor([x for r in chunk for x in r["sampler_logps"]], device=dev)
+            if cfg.engine_tis_cap:
+                b["tis"] = is_correction(b["old"], b["sampler"], mask, cfg.engine_tis_cap)
         if cfg.sampler_temperature:  # what the rollout engine reports: the same weights, its own temperature
             b["sampler"] = completion_token_logps(trainer.model, b, cfg.sampler_temperature)[0]
             if cfg.tis_cap:
@@ -327,7 +341,7 @@ class GPointsRollouts:
             "frac_zero_std": float((group_returns.std(1) == 0).float().mean()) if cfg.group_size > 1 else 0.0,
             "completion_len": _tokens(rows) / len(rows),
         }
-        if cfg.sampler_temperature:  # how far the engine's tokens are from the trainer's policy
+        if cfg.sampler_temperature or "sampler" in passes[0][0]:  # how far the engine is from the trainer
             micro = [b for mb in passes for b in mb]
             n_tok = sum(float(b["completion_mask"][:, 1:].sum()) for b in micro)
             w = [torch.exp(b["old"] - b["sampler"]) * b["completion_mask"][:, 1:] for b in micro]
@@ -398,6 +412,10 @@ def _check_cfg(cfg, algo):
         raise ValueError(f"temperature must be > 0: RL samples its episodes (got {cfg.temperature})")
     if cfg.tis_cap is not None and (cfg.tis_cap <= 0 or not cfg.sampler_temperature):
         raise ValueError(f"tis_cap must be > 0 and needs sampler_temperature set, got {cfg.tis_cap}")
+    if cfg.engine_tis_cap is not None and cfg.engine_tis_cap <= 0:
+        raise ValueError(f"engine_tis_cap must be > 0 or None, got {cfg.engine_tis_cap}")
+    if cfg.rollout_engine not in ENGINES:
+        raise ValueError(f"rollout_engine must be one of {ENGINES}, got {cfg.rollout_engine!r}")
     parse_rules(cfg.eval_rules)
 
 
@@ -415,7 +433,7 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         PolicyWithValue(policy) if algo == "ppo" else policy,
         cfg.replace(max_steps=cfg.max_steps * cfg.num_iterations * cfg.num_minibatches),  # optimiser steps
         loss_fn=rl_loss_fn(cfg, algo),
-        make_batch=GPointsRollouts(tok, cfg, algo, ref, n_params),
+        make_batch=GPointsRollouts(tok, cfg, algo, ref, n_params, make_engine(cfg)),
         eval_fn=lambda m: rl_evaluate(policy_of(m), tok, cfg),
         out_dir=cfg.out_dir,
     )

@@ -43,6 +43,7 @@ class Samples:
     completion_ids: list[list[int]]
     texts: list[str]
     truncated: list[bool]
+    sampler_logps: list[list[float]] | None = None  # an inference engine's log-prob of each sampled token
 
     def __len__(self):
         return len(self.texts)
@@ -61,6 +62,10 @@ def sample_completions(
     batch_size: int = 64,
 ) -> Samples:
     "Sample `n` completions per prompt (prompt-major) with HF `generate`, alignbook's settings; T=0: greedy."
+    if hasattr(model, "sample_completions"):  # an inference engine (alignbook.lm.engine.VLLMEngine)
+        return model.sample_completions(
+            tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size
+        )
     if n < 1:
         raise ValueError(f"n (completions per prompt) must be >= 1, got {n}")
     if temperature < 0:
@@ -183,6 +188,8 @@ def play_gpoints(
                     message=rec["messages"][a - 1],
                 )
             )
+            if smp.sampler_logps is not None:
+                eps[i].turns[-1]["sampler_logps"] = smp.sampler_logps[k]
     summary = {k: v for k, v in res.items() if k != "records"}
     return eps, summary
 
