@@ -302,8 +302,7 @@ def assert_eq(a, b):
 
 
 from diffusers import FluxTransformer2DModel  # noqa: E402
-from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration  # noqa: E402
-from alignbook.diffusion.fail import load_flux_policy, load_vlm_discriminator  # noqa: E402
+from alignbook.diffusion.fail import build_tiny_vlm, load_flux_policy, load_vlm_discriminator  # noqa: E402
 from alignbook.diffusion.flow import velocity  # noqa: E402
 
 
@@ -329,35 +328,7 @@ def test_gpu_loading_path_on_tiny_local_models(tmp_path):
     _d = cfm_draws(z, 2)
     cfm_losses(flux, z, cond, _d).mean().backward()
     assert all(p.grad is not None for n, p in flux.named_parameters() if p.requires_grad)
-    vcfg = Qwen3VLConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            vocab_size=200,
-            rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2]},
-        ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=4,
-            out_hidden_size=32,
-            patch_size=4,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            num_position_embeddings=16,
-            deepstack_visual_indexes=[0],
-        ),
-        image_token_id=199,
-        video_token_id=198,
-        vision_start_token_id=197,
-        vision_end_token_id=196,
-    )
-    Qwen3VLForConditionalGeneration(vcfg).save_pretrained(f"{tmp}/vlm")
+    build_tiny_vlm(f"{tmp}/vlm")
     vd = load_vlm_discriminator(f"{tmp}/vlm")
     ids = torch.randint(0, 190, (3, 7))
     logits = vd({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
