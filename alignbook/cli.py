@@ -251,7 +251,8 @@ def cmd_build_base(args) -> int:
     from alignbook.toybase import build_toy_base
 
     if args.version == 2 and not args.out:
-        raise SystemExit("build-base --version 2: give --out DIR (the shipped base stays version 1)")
+        print("build-base --version 2: give --out DIR (the shipped base stays version 1)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     out = build_toy_base(args.out, version=args.version)
     print((Path(out) / "BUILD.json").read_text())
     return 0

@@ -133,3 +133,13 @@ def test_paired_effect():
     e = paired_effect([[1, 1, 0, 0], [1, 0, 0, 0]], [[0, 1, 0, 0], [0, 0, 0, 0]])
     assert e["effect"] == 0.25 and e["n"] == 8
     assert abs(e["se"] - (0.25 * 0.75 * 8 / 7) ** 0.5 / 8**0.5) < 1e-12
+
+
+def test_build_base_v2_needs_an_out_dir():
+    out = subprocess.run(
+        [sys.executable, "-m", "alignbook.cli", "build-base", "--version", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--out DIR" in out.stderr
