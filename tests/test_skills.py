@@ -143,3 +143,37 @@ def test_build_base_v2_needs_an_out_dir():
         timeout=120,
     )
     assert out.returncode == 2 and "--out DIR" in out.stderr
+
+
+def test_study_refuses_an_unknown_budget():
+    out = subprocess.run(
+        [sys.executable, "-m", "alignbook.cli", "study", "sft-vs-rl", "--budget", "huge"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--budget" in out.stderr
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("ALIGNBOOK_SLOW"), reason="slow: set ALIGNBOOK_SLOW=1")
+def test_study_smoke_writes_record_and_plot(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alignbook.cli",
+            "study",
+            "sft-vs-rl",
+            "--budget",
+            "smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rec = json.loads((tmp_path / "sft_vs_rl_smoke.json").read_text())
+    assert rec["command"].startswith("alignbook study sft-vs-rl --budget smoke") and rec["seconds"] > 0
+    assert (tmp_path / "sft_vs_rl_smoke.png").stat().st_size > 0

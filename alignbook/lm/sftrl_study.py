@@ -116,31 +116,25 @@ def rl_arm(b: dict, seed: int, out: Path, model: str = "toy-base") -> dict:
     )
 
 
-def sft_arm(b: dict, seed: int, flops: float, out: Path, model: str = "toy-base") -> dict:
-    "SFT on ID demonstrations for `flops` training FLOPs, evaluated as often as the RL arm."
+def _sft_setup(seed: int, n_rows: int, model: str = "toy-base"):
+    "The study's SFT config, the policy, its tokenizer and `n_rows` tokenized ID demonstrations."
     cfg = get_config("sft", "toy", seed=seed, model=model, dataset="gpoints-id", max_length=320)
     policy, tok = load_policy(cfg)
-    n_params = count_params(policy)
-    rows = tokenize_sft(sft_dataset(cfg.replace(n_train=4096)), tok, cfg.max_length)
-    tokens_per_step = STUDY["sft_batch"] * sum(len(r["input_ids"]) for r in rows) / len(rows)
-    flops_per_step = estimate_flops(n_params, train_tokens=tokens_per_step)
-    steps = max(1, round(flops / flops_per_step))
-    marks = b["rounds"] // b["eval_every"]
-    last = {}
+    rows = tokenize_sft(sft_dataset(cfg.replace(n_train=n_rows)), tok, cfg.max_length)
+    return cfg, policy, tok, rows
 
-    def evaluate(m):
-        last.update(_rates(m, tok, b["eval_n"]))
-        return {f"eval/{k}_success": sum(v) / len(v) for k, v in last.items()}
 
+def _sft_fit(cfg, policy, tok, rows, steps: int, out_dir: Path, eval_fn=None, every: int = 0) -> Trainer:
+    "Constant-lr SFT of `policy` on `rows` for `steps` steps with the study's lr and batch."
     c = cfg.replace(
         lr=STUDY["sft_lr"],
         batch_size=STUDY["sft_batch"],
         max_steps=steps,
         warmup_steps=0,
         scheduler="constant",
-        eval_every=max(1, steps // marks),
-        log_every=max(1, steps // marks),
-        out_dir=str(out / f"sft_{seed}"),
+        eval_every=every,
+        log_every=every or cfg.log_every,
+        out_dir=str(out_dir),
     )
     tr = Trainer(
         policy,
@@ -148,10 +142,27 @@ def sft_arm(b: dict, seed: int, flops: float, out: Path, model: str = "toy-base"
         loss_fn=sft_loss_fn(),
         train_data=rows,
         collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
-        eval_fn=evaluate,
+        eval_fn=eval_fn,
         weight_fn=completion_tokens,
     )
     tr.fit(resume=False)
+    return tr
+
+
+def sft_arm(b: dict, seed: int, flops: float, out: Path, model: str = "toy-base") -> dict:
+    "SFT on ID demonstrations for `flops` training FLOPs, evaluated as often as the RL arm."
+    cfg, policy, tok, rows = _sft_setup(seed, 4096, model)
+    tokens_per_step = STUDY["sft_batch"] * sum(len(r["input_ids"]) for r in rows) / len(rows)
+    flops_per_step = estimate_flops(count_params(policy), train_tokens=tokens_per_step)
+    steps = max(1, round(flops / flops_per_step))
+    last = {}
+
+    def evaluate(m):
+        last.update(_rates(m, tok, b["eval_n"]))
+        return {f"eval/{k}_success": sum(v) / len(v) for k, v in last.items()}
+
+    every = max(1, steps // (b["rounds"] // b["eval_every"]))
+    tr = _sft_fit(cfg, policy, tok, rows, steps, out / f"sft_{seed}", evaluate, every)
     curve = [dict(r, flops=r["step"] * flops_per_step) for r in tr.history if "eval/id_success" in r]
     curve = [{k: r[k] for k in ("flops", "eval/id_success", "eval/ood_success")} for r in curve]
     return dict(curve=curve, flops=steps * flops_per_step, steps=steps, final=dict(last))
@@ -172,27 +183,8 @@ def attempts_arm(b: dict, seed: int, k: int, out: Path) -> float:
 
 def warm_start(b: dict, seed: int, out: Path) -> tuple[str, float]:
     "A checkpoint after `warm_steps` of SFT on ID demonstrations, and the FLOPs it took."
-    cfg = get_config("sft", "toy", seed=seed, dataset="gpoints-id", max_length=320)
-    policy, tok = load_policy(cfg)
-    rows = tokenize_sft(sft_dataset(cfg.replace(n_train=STUDY["sft_batch"] * b["warm_steps"])), tok, 320)
-    c = cfg.replace(
-        lr=STUDY["sft_lr"],
-        batch_size=STUDY["sft_batch"],
-        max_steps=b["warm_steps"],
-        warmup_steps=0,
-        scheduler="constant",
-        eval_every=0,
-        out_dir=str(out / f"warm_sft_{seed}"),
-    )
-    tr = Trainer(
-        policy,
-        c,
-        loss_fn=sft_loss_fn(),
-        train_data=rows,
-        collate_fn=lambda rs: collate_sft(rs, tok.pad_token_id),
-        weight_fn=completion_tokens,
-    )
-    tr.fit(resume=False)
+    cfg, policy, tok, rows = _sft_setup(seed, STUDY["sft_batch"] * b["warm_steps"])
+    tr = _sft_fit(cfg, policy, tok, rows, b["warm_steps"], out / f"warm_sft_{seed}")
     path = out / f"warm_{seed}"
     tr.save_model(path, tokenizer=tok)
     tokens = sum(len(r["input_ids"]) for r in rows)
