@@ -17,8 +17,9 @@ from .lm.skills import arithmetic_example, instruction_example, INSTRUCTIONS  # 
 from .train import Trainer
 
 # %% auto #0
-__all__ = ['MIX', 'MIX_V2', 'BASE_RECIPE', 'BASE_RECIPE_V2', 'gpoints_example', 'toy_corpus', 'corpus_hand',
-           'own_gpoints_example', 'corpus_example', 'toy_corpus_v2', 'length_grouped', 'sha256_file', 'build_toy_base']
+__all__ = ['MIX', 'COPY_CHARS', 'MIX_V2', 'BASE_RECIPE', 'BASE_RECIPE_V2', 'gpoints_example', 'toy_corpus', 'corpus_hand',
+           'own_gpoints_example', 'read_example', 'copy_example', 'corpus_example', 'toy_corpus_v2', 'length_grouped',
+           'sha256_file', 'build_toy_base']
 
 # %% ../nbs/06_toy_base.ipynb #b5cb3158
 def gpoints_example(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.8) -> tuple[str, str]:
@@ -52,7 +53,7 @@ def toy_corpus(n: int, seed: int = 0, mix: dict | None = None, exclude_eval: boo
     return Dataset.from_list(rows)
 
 # %% ../nbs/06_toy_base.ipynb #72be37d1
-def corpus_hand(rng: random.Random, p_id: float = 0.5, p_target24: float = 1.0) -> gpoints.Hand:
+def corpus_hand(rng: random.Random, p_id: float = 0.4, p_target24: float = 1.0) -> gpoints.Hand:
     "A solvable hand under the ID rule (prob. `p_id`) or a random face-card rule; never a held-out hand."
     target = 24 if rng.random() < p_target24 else rng.randint(10, 30)
     rule = (
@@ -64,10 +65,26 @@ def corpus_hand(rng: random.Random, p_id: float = 0.5, p_target24: float = 1.0) 
             return hand
 
 
-def own_gpoints_example(rng: random.Random, p_id: float = 0.5, p_target24: float = 1.0) -> tuple[str, str]:
+def own_gpoints_example(rng: random.Random, p_id: float = 0.4, p_target24: float = 1.0) -> tuple[str, str]:
     "A GeneralPoints prompt and the v2 base's own answer (the solver's canonical formula)."
     hand = corpus_hand(rng, p_id, p_target24)
     return gpoints.toy_prompt(hand), skills.own_answer(hand)
+
+
+def read_example(rng: random.Random) -> tuple[str, str]:
+    "A hand and the number each card counts under its written rule: the lookup the answers start with."
+    hand = corpus_hand(rng, p_id=0.2)
+    return f"Count the cards. {gpoints.toy_prompt(hand)}", json.dumps(hand.numbers, separators=(",", ":"))
+
+
+COPY_CHARS = "0123456789+-*/()=,. abcdefghijklmnopqrstuvwxyz"
+
+
+def copy_example(rng: random.Random) -> tuple[str, str]:
+    "A random string to copy exactly: no answer can be memorised, so the model must learn to look back."
+    text = "".join(rng.choice(COPY_CHARS) for _ in range(rng.randint(4, 48))).strip()
+    text = text or "x"
+    return f"Copy: {text}", text
 
 
 def corpus_example(kind: str, rng: random.Random) -> tuple[list[dict], str]:
@@ -78,6 +95,10 @@ def corpus_example(kind: str, rng: random.Random) -> tuple[list[dict], str]:
         return skills.revision_example(corpus_hand(rng, p_target24=1.0), rng)
     elif kind == "rewriting":
         prompt, answer = skills.rewrite_example(corpus_hand(rng), rng)
+    elif kind == "read":
+        prompt, answer = read_example(rng)
+    elif kind == "copy":
+        prompt, answer = copy_example(rng)
     elif kind in skills.TEXT_SKILLS:
         prompt, answer = skills.TEXT_SKILLS[kind](rng)
     else:
@@ -85,7 +106,16 @@ def corpus_example(kind: str, rng: random.Random) -> tuple[list[dict], str]:
     return [{"role": "user", "content": prompt}], answer
 
 # %% ../nbs/06_toy_base.ipynb #da5cb21a
-MIX_V2 = {"gpoints": 0.5, "revision": 0.1, "rewriting": 0.1, "arithmetic": 0.1, "strings": 0.1, "format": 0.1}
+MIX_V2 = {
+    "gpoints": 0.42,
+    "read": 0.07,
+    "copy": 0.07,
+    "revision": 0.12,
+    "rewriting": 0.14,
+    "arithmetic": 0.06,
+    "strings": 0.06,
+    "format": 0.06,
+}
 
 
 def toy_corpus_v2(n: int, seed: int = 0, mix: dict | None = None, exclude_eval: bool = True) -> Dataset:
@@ -118,16 +148,17 @@ BASE_RECIPE = dict(
     max_length=128,
 )
 BASE_RECIPE_V2 = dict(
-    steps=2800,
+    steps=3600,
     batch_size=64,
     lr=2e-3,
     warmup_steps=100,
     scheduler="cosine",
     seed=0,
     threads=2,
-    max_length=320,
+    max_length=384,
     model=dict(max_position_embeddings=512),
     log_every=100,
+    save_every=400,
 )
 
 
@@ -185,6 +216,7 @@ def build_toy_base(out_dir=None, version: int = 1, **recipe) -> Path:
                 "scheduler": r["scheduler"],
                 "max_steps": r["steps"],
                 "log_every": r.get("log_every", 50),
+                "save_every": r.get("save_every", 0),
                 "device": "cpu",
             }
         )

@@ -49,12 +49,21 @@ def test_wilson_interval():
 
 def test_corpus_keeps_eval_items_out():
     ds = toy_corpus_v2(3000, seed=3)
-    assert set(ds["kind"]) == {"gpoints", "revision", "rewriting", "arithmetic", "strings", "format"}
+    assert set(ds["kind"]) == {
+        "gpoints",
+        "read",
+        "copy",
+        "revision",
+        "rewriting",
+        "arithmetic",
+        "strings",
+        "format",
+    }
     held = {p for name in skills.TEXT_SKILLS for p, _ in skills.skill_items(name)}
     for row in ds:
         first = row["prompt"][0]["content"]
         assert first not in held
-        if first.startswith("Cards:"):
+        if "Cards:" in first:
             assert not gpoints.is_held_out(gpoints.parse_toy_prompt(first))
 
 
@@ -75,6 +84,15 @@ def test_rewriting_keeps_the_formula():
         msgs, answer = corpus_example("rewriting", rng)
         hand = gpoints.parse_toy_prompt(msgs[0]["content"])
         assert skills.is_own_style(answer) and skills.solution_ok(answer, hand)
+
+
+def test_drills_are_exact():
+    rng = random.Random(4)
+    for _ in range(50):
+        msgs, answer = corpus_example("read", rng)
+        assert json.loads(answer) == gpoints.parse_toy_prompt(msgs[0]["content"]).numbers
+        msgs, answer = corpus_example("copy", rng)
+        assert msgs[0]["content"] == f"Copy: {answer}" and answer == answer.strip() and answer
 
 
 def test_length_grouped_batches():
