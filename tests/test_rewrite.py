@@ -155,6 +155,55 @@ def test_qa_nll_and_embeddings_match_direct_computation():
         qa_nll(m, tok, probs, texts, "json")
 
 
+def test_judge_matches_direct_computation_and_gates():
+    from alignbook.lm.rewrite import judge_yes, judge_gate, JUDGE_QUESTION
+
+    tok = toy_tokenizer()
+    m = toy_model(tok, num_hidden_layers=1, hidden_size=32, intermediate_size=64, seed=2)
+    probs, texts = ["What is 2+2?", "Name a colour."], ["4", "Blue, or red."]
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    p = judge_yes(m, tok, probs, texts, batch_size=1)
+    for q, t, v in zip(probs, texts, p):
+        ask = [{"role": "user", "content": JUDGE_QUESTION.format(problem=q, solution=t)}]
+        pid = ids(tok.apply_chat_template(ask, add_generation_prompt=True, tokenize=False))
+        lps = []
+        for word in ("YES", "NO"):
+            full = ids(
+                tok.apply_chat_template(ask + [{"role": "assistant", "content": word}], tokenize=False)
+            )
+            with torch.no_grad():
+                lp = torch.log_softmax(m(torch.tensor([full])).logits[0, :-1], -1)
+            lps.append(lp[len(pid) - 1 :].gather(-1, torch.tensor(full[len(pid) :])[:, None]).sum())
+        assert float(v) == pytest.approx(float(torch.sigmoid(lps[0] - lps[1])), abs=1e-4)
+    assert torch.allclose(
+        judge_yes(m, tok, probs, texts, batch_size=2), p, atol=1e-5
+    )  # padding changes nothing
+    gate = judge_gate(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0.9, 0.1, 0.99]))
+    assert gate.tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="one shape"):
+        judge_gate(torch.ones(3), torch.ones(2))
+    with pytest.raises(ValueError, match="one problem per text"):
+        judge_yes(m, tok, probs, texts[:1])
+
+
+def test_rollouts_with_the_judge_gate_on_its_answer(monkeypatch):
+    from alignbook.lm import rewriter
+    from alignbook.lm.reference import make_reference
+    from alignbook.models import add_lora
+
+    tok = toy_tokenizer()
+    policy = add_lora(toy_model(tok, num_hidden_layers=1, hidden_size=32, intermediate_size=64), r=4)
+    recs = [{"problem": "2+2?", "solution": "\\boxed{4}"}]
+    texts = ["\\boxed{4}", "four: \\boxed{4}", "\\boxed{5}"]
+    monkeypatch.setattr(rewriter, "judge_yes", lambda *a, **k: torch.tensor([0.9, 0.2, 0.9]))
+    for judge, want in ((False, [1, 1, 0]), (True, [1, 0, 0])):
+        cfg = get_config("rewriter", "toy", group_size=3, qa_format="plain", judge=judge)
+        ro = RewriteRollouts(tok, cfg, recs, make_reference(cfg, policy, online=True), boxed_ok)
+        s = ro.score(policy, recs, texts, [False] * 3)
+        assert s["ok"].tolist() == want
+        assert (s["rewards"][torch.tensor(want) == 0] == 0).all()
+
+
 # --- generate–verify–fallback ------------------------------------------------------------------------------
 def test_final_answer_and_fallback():
     assert final_answer("so x = \\boxed{\\dfrac{3}{4}}.") == "\\frac{3}{4}"

@@ -19,10 +19,11 @@ from . import gpoints, skills
 from ..dryrun import dry_runnable
 
 # %% auto #0
-__all__ = ['QA_FORMATS', 'REWRITE_INSTRUCTION', 'VERIFIERS', 'REQUIRED', 'alignment_rewards', 'mean_pair_distance',
-           'diversity_rewards', 'rewrite_rewards', 'qa_prompt', 'qa_nll', 'embed_texts', 'rewrite_prompt',
-           'final_answer', 'boxed_ok', 'gpoints_ok', 'get_verifier', 'fallback', 'record_problems', 'read_records',
-           'sft_example', 'rewrite_records', 'rewrite_request', 'model_rewriter', 'rewrite_jsonl']
+__all__ = ['QA_FORMATS', 'JUDGE_QUESTION', 'REWRITE_INSTRUCTION', 'VERIFIERS', 'REQUIRED', 'alignment_rewards',
+           'mean_pair_distance', 'diversity_rewards', 'rewrite_rewards', 'qa_prompt', 'qa_nll', 'embed_texts',
+           'judge_yes', 'judge_gate', 'rewrite_prompt', 'final_answer', 'boxed_ok', 'gpoints_ok', 'get_verifier',
+           'fallback', 'record_problems', 'read_records', 'sft_example', 'rewrite_records', 'rewrite_request',
+           'model_rewriter', 'rewrite_jsonl']
 
 # %% ../../nbs/36_rewrite.ipynb #be3347fe
 def _check_rewards_args(task_ok, nll, embeddings, lambda_dist, lambda_div) -> torch.Tensor:
@@ -176,6 +177,49 @@ def embed_texts(base, tokenizer, texts, batch_size: int = 16) -> torch.Tensor:
             ]
             out.append(((h.float() * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True)).cpu())
     return torch.cat(out)
+
+# %% ../../nbs/36_rewrite.ipynb #86718b88
+JUDGE_QUESTION = (
+    "Problem: {problem}\nSolution: {solution}\nIs every step of this solution correct? Answer YES or NO."
+)
+
+
+def _problem_text(problem) -> str:
+    return problem if isinstance(problem, str) else "\n".join(m["content"] for m in problem)
+
+
+@torch.no_grad()
+def judge_yes(
+    base, tokenizer, problems, texts, batch_size: int = 16, max_length: int | None = None
+) -> torch.Tensor:
+    "(K,) σ(log p(YES) − log p(NO)): the frozen base's judgement that each text's reasoning is correct."
+    if len(problems) != len(texts):
+        raise ValueError(f"{len(problems)} problems but {len(texts)} texts: pass one problem per text")
+    asks = [
+        [{"role": "user", "content": JUDGE_QUESTION.format(problem=_problem_text(p), solution=t)}]
+        for p, t in zip(problems, texts)
+    ]
+    dev = next(base.parameters()).device
+    logp = {}
+    with eval_mode(base):
+        for word in ("YES", "NO"):
+            out = []
+            for s in range(0, len(asks), batch_size):
+                chunk = asks[s : s + batch_size]
+                answers = [[{"role": "assistant", "content": word}]] * len(chunk)
+                b = _scoring_batch(tokenizer, chunk, answers, max_length, dev)
+                out.append(
+                    sequence_logps(base, b["input_ids"], b["attention_mask"], b["completion_mask"]).sum
+                )
+            logp[word] = torch.cat(out).float().cpu()
+    return torch.sigmoid(logp["YES"] - logp["NO"])
+
+
+def judge_gate(task_ok: torch.Tensor, p_yes: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    "The task gate with the judge: verifier accepts and the base says YES with probability above `threshold`."
+    if task_ok.shape != p_yes.shape:
+        raise ValueError(f"task_ok {tuple(task_ok.shape)} and p_yes {tuple(p_yes.shape)} must have one shape")
+    return task_ok * (p_yes > threshold).to(task_ok.dtype)
 
 # %% ../../nbs/36_rewrite.ipynb #6610761c
 REWRITE_INSTRUCTION = (

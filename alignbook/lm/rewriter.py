@@ -24,6 +24,8 @@ from alignbook.lm.rewrite import (
     embed_texts,
     fallback,
     get_verifier,
+    judge_gate,
+    judge_yes,
     mean_pair_distance,
     model_rewriter,
     qa_nll,
@@ -83,6 +85,10 @@ class RewriteRollouts:
             probs = [r["problem"] for r in recs for _ in range(K)]
             nll = qa_nll(base, self.tok, probs, texts, cfg.qa_format, cfg.gen_batch_size, cfg.max_length)
             emb = embed_texts(base, self.tok, texts, cfg.gen_batch_size)
+            if cfg.get("judge", False):
+                ok = judge_gate(
+                    ok, judge_yes(base, self.tok, probs, texts, cfg.gen_batch_size, cfg.max_length)
+                )
         g = [slice(i, i + K) for i in range(0, len(texts), K)]
         feas = [ok[s].bool() for s in g]
         return dict(
@@ -199,6 +205,7 @@ REWRITER_TOY = dict(
     scale_rewards="group",
     lambda_dist=0.35,
     lambda_div=0.5,
+    judge=False,  # True: the frozen base must also answer YES to "is every step correct?" (the paper's option)
     log_every=1,
     eval_every=0,
     eval_size=32,
@@ -211,6 +218,7 @@ REWRITER_GPU = dict(
     dataset="DigitalLearningGmbH/MATH-lighteval",  # MATH problems with worked solutions ending in \boxed{}
     verifier="boxed",  # the rewrite's \boxed{} answer must equal the expert solution's
     qa_format="plain",  # the paper's "Problem: … Answer:" prompt
+    judge=False,  # the paper's optional YES/NO judge; an instruct model can answer it
     n_train=None,  # every training problem
     lora=True,
     lora_r=64,  # the paper: rank 64, α 32, all linear layers
