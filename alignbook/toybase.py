@@ -17,9 +17,9 @@ from .lm.skills import arithmetic_example, instruction_example, INSTRUCTIONS  # 
 from .train import Trainer
 
 # %% auto #0
-__all__ = ['MIX', 'COPY_CHARS', 'MIX_V2', 'BASE_RECIPE', 'BASE_RECIPE_V2', 'gpoints_example', 'toy_corpus', 'corpus_hand',
-           'own_gpoints_example', 'read_example', 'copy_example', 'corpus_example', 'toy_corpus_v2', 'length_grouped',
-           'sha256_file', 'build_toy_base']
+__all__ = ['MIX', 'COPY_CHARS', 'MIX_V2', 'BASE_RECIPE', 'BASE_RECIPE_V2', 'gpoints_example', 'toy_corpus', 'corpus_rule',
+           'corpus_hand', 'own_gpoints_example', 'read_example', 'copy_example', 'corpus_example', 'toy_corpus_v2',
+           'length_grouped', 'sha256_file', 'build_toy_base']
 
 # %% ../nbs/06_toy_base.ipynb #b5cb3158
 def gpoints_example(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.8) -> tuple[str, str]:
@@ -53,19 +53,25 @@ def toy_corpus(n: int, seed: int = 0, mix: dict | None = None, exclude_eval: boo
     return Dataset.from_list(rows)
 
 # %% ../nbs/06_toy_base.ipynb #72be37d1
-def corpus_hand(rng: random.Random, p_id: float = 0.4, p_target24: float = 1.0) -> gpoints.Hand:
-    "A solvable hand under the ID rule (prob. `p_id`) or a random face-card rule; never a held-out hand."
+def corpus_rule(rng: random.Random, p_court: float = 0.5) -> gpoints.Rule:
+    "A corpus face-card rule: J, Q, K each count 10-13 (prob. `p_court`) or 1-13; never the ID or OOD rule."
+    while True:
+        fv = tuple(rng.randint(10, 13) if rng.random() < p_court else rng.randint(1, 13) for _ in range(3))
+        if fv not in (gpoints.ID_RULE.face_values, gpoints.OOD_RULE.face_values):
+            return gpoints.Rule(f"J{fv[0]}Q{fv[1]}K{fv[2]}", fv, require_face=rng.random() < 0.5)
+
+
+def corpus_hand(rng: random.Random, p_id: float = 0.25, p_target24: float = 1.0) -> gpoints.Hand:
+    "A solvable hand under the ID rule (prob. `p_id`) or a `corpus_rule`; never a held-out hand."
     target = 24 if rng.random() < p_target24 else rng.randint(10, 30)
-    rule = (
-        gpoints.ID_RULE if rng.random() < p_id else gpoints.Rule.random(rng, require_face=rng.random() < 0.5)
-    )
+    rule = gpoints.ID_RULE if rng.random() < p_id else corpus_rule(rng)
     while True:
         hand = gpoints.sample_hand(rng, rule, 4, target)
         if not gpoints.is_held_out(hand):
             return hand
 
 
-def own_gpoints_example(rng: random.Random, p_id: float = 0.4, p_target24: float = 1.0) -> tuple[str, str]:
+def own_gpoints_example(rng: random.Random, p_id: float = 0.25, p_target24: float = 1.0) -> tuple[str, str]:
     "A GeneralPoints prompt and the v2 base's own answer (the solver's canonical formula)."
     hand = corpus_hand(rng, p_id, p_target24)
     return gpoints.toy_prompt(hand), skills.own_answer(hand)
@@ -108,10 +114,10 @@ def corpus_example(kind: str, rng: random.Random) -> tuple[list[dict], str]:
 # %% ../nbs/06_toy_base.ipynb #da5cb21a
 MIX_V2 = {
     "gpoints": 0.42,
-    "read": 0.07,
-    "copy": 0.07,
+    "read": 0.12,
+    "copy": 0.03,
     "revision": 0.12,
-    "rewriting": 0.14,
+    "rewriting": 0.13,
     "arithmetic": 0.06,
     "strings": 0.06,
     "format": 0.06,

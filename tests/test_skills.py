@@ -65,6 +65,7 @@ def test_corpus_keeps_eval_items_out():
         assert first not in held
         if "Cards:" in first:
             assert not gpoints.is_held_out(gpoints.parse_toy_prompt(first))
+        assert "J=11 Q=12 K=13" not in first  # the rule-OOD mapping is never read
 
 
 def test_revision_dialogue_is_the_verifiers_turn():
@@ -84,6 +85,19 @@ def test_rewriting_keeps_the_formula():
         msgs, answer = corpus_example("rewriting", rng)
         hand = gpoints.parse_toy_prompt(msgs[0]["content"])
         assert skills.is_own_style(answer) and skills.solution_ok(answer, hand)
+
+
+def test_corpus_rules_lean_to_court_values_and_skip_id_and_ood():
+    from alignbook.toybase import corpus_rule
+
+    rng = random.Random(5)
+    rules = [corpus_rule(rng) for _ in range(3000)]
+    values = [v for r in rules for v in r.face_values]
+    assert {r.face_values for r in rules}.isdisjoint({(10, 10, 10), (11, 12, 13)})
+    assert set(values) == set(range(1, 14))
+    court = sum(v >= 10 for v in values) / len(values)
+    assert 0.6 < court < 0.7  # 0.5 + 0.5 * 4/13 = 0.654
+    assert sum(corpus_rule(rng, p_court=0.0).face_values[0] >= 10 for _ in range(3000)) / 3000 < 0.35
 
 
 def test_drills_are_exact():
