@@ -124,16 +124,6 @@ def test_bad_reward_input_names_argument():
 
 
 # --- scoring under the frozen base -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    tok = toy_tokenizer()
-    m = toy_model(tok, num_hidden_layers=1, hidden_size=32, intermediate_size=64, seed=0)
-    m.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
-
-
 def test_qa_nll_and_embeddings_match_direct_computation():
     tok = toy_tokenizer()
     m = toy_model(tok, num_hidden_layers=1, hidden_size=32, intermediate_size=64, seed=1)

@@ -7,7 +7,6 @@ from safetensors.torch import load_file
 
 from alignbook.config import get_config, EVALUATORS, OBJECTIVES
 from alignbook.lm.rl import train_rl, episode_rows, episode_advantages, estimate_flops, eval_gpoints
-from alignbook.models import toy_model, toy_tokenizer
 
 SMALL = dict(
     max_steps=2,
@@ -20,16 +19,6 @@ SMALL = dict(
     gen_batch_size=16,
     lr=1e-3,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    tok = toy_tokenizer()
-    m = toy_model(tok, num_hidden_layers=1, hidden_size=32, intermediate_size=64, seed=0)
-    m.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
 
 
 def test_registered():
