@@ -17,9 +17,9 @@ from .lm.skills import arithmetic_example, instruction_example, INSTRUCTIONS  # 
 from .train import Trainer
 
 # %% auto #0
-__all__ = ['MIX', 'COPY_CHARS', 'MIX_V2', 'BASE_RECIPE', 'BASE_RECIPE_V2', 'gpoints_example', 'toy_corpus', 'corpus_rule',
-           'corpus_hand', 'own_gpoints_example', 'read_example', 'copy_example', 'corpus_example', 'toy_corpus_v2',
-           'length_grouped', 'sha256_file', 'build_toy_base']
+__all__ = ['MIX', 'COPY_CHARS', 'DRILL_MIX', 'MIX_V2', 'BASE_RECIPE', 'BASE_RECIPE_V2', 'gpoints_example', 'toy_corpus',
+           'corpus_rule', 'corpus_hand', 'own_gpoints_example', 'read_example', 'copy_example', 'corpus_example',
+           'toy_corpus_v2', 'length_grouped', 'sha256_file', 'build_toy_base']
 
 # %% ../nbs/06_toy_base.ipynb #b5cb3158
 def gpoints_example(rng: random.Random, p_id: float = 0.3, p_target24: float = 0.8) -> tuple[str, str]:
@@ -112,6 +112,7 @@ def corpus_example(kind: str, rng: random.Random) -> tuple[list[dict], str]:
     return [{"role": "user", "content": prompt}], answer
 
 # %% ../nbs/06_toy_base.ipynb #da5cb21a
+DRILL_MIX = {"copy": 1.0}
 MIX_V2 = {
     "gpoints": 0.42,
     "read": 0.12,
@@ -154,7 +155,8 @@ BASE_RECIPE = dict(
     max_length=128,
 )
 BASE_RECIPE_V2 = dict(
-    steps=3600,
+    steps=4600,
+    drill_steps=1000,
     batch_size=64,
     lr=2e-3,
     warmup_steps=100,
@@ -186,8 +188,10 @@ def _training_rows(r: dict, version: int, tok) -> tuple[list[dict], bool]:
     "The tokenized rows of recipe `r` and whether the trainer shuffles them."
     if version == 1:
         return tokenize_sft(toy_corpus(r["n_train"], r["seed"]), tok, r["max_length"]), True
-    rows = tokenize_sft(toy_corpus_v2(r["steps"] * r["batch_size"], r["seed"]), tok, r["max_length"])
-    return length_grouped(rows, r["batch_size"], r["seed"]), False
+    bs, drill = r["batch_size"], min(r.get("drill_steps", 0), r["steps"])
+    drills = tokenize_sft(toy_corpus_v2(drill * bs, r["seed"] + 1, DRILL_MIX), tok, r["max_length"])
+    rows = tokenize_sft(toy_corpus_v2((r["steps"] - drill) * bs, r["seed"]), tok, r["max_length"])
+    return length_grouped(drills, bs, r["seed"]) + length_grouped(rows, bs, r["seed"]), False
 
 
 def _loss(model, b):

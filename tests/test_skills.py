@@ -109,6 +109,19 @@ def test_drills_are_exact():
         assert msgs[0]["content"] == f"Copy: {answer}" and answer == answer.strip() and answer
 
 
+def test_copy_drills_come_first():
+    from alignbook.toybase import _training_rows, BASE_RECIPE_V2
+    from alignbook.models import toy_tokenizer
+
+    tok = toy_tokenizer()
+    r = {**BASE_RECIPE_V2, "steps": 6, "drill_steps": 2, "batch_size": 4}
+    rows, shuffle = _training_rows(r, 2, tok)
+    assert not shuffle and len(rows) == 24
+    firsts = [tok.decode(x["input_ids"][:8]) for x in rows]
+    assert all("Copy:" in f for f in firsts[:8])
+    assert sum("Copy:" in f for f in firsts[8:]) < 8
+
+
 def test_length_grouped_batches():
     rows = [{"input_ids": [0] * n} for n in random.Random(0).choices(range(5, 300), k=640)]
     out = length_grouped(rows, 16, seed=0, span=5)
