@@ -250,11 +250,13 @@ def cmd_rewrite(args) -> int:
 def cmd_build_base(args) -> int:
     from alignbook.toybase import build_toy_base
 
-    if args.version == 2 and not args.out:
-        print("build-base --version 2: give --out DIR (the shipped base stays version 1)", file=sys.stderr)
+    if args.version == 1 and not args.out:
+        print("build-base --version 1: give --out DIR (the shipped base is version 2)", file=sys.stderr)
         return EXIT_BAD_INPUT
+    t0 = time.time()
     out = build_toy_base(args.out, version=args.version)
     print((Path(out) / "BUILD.json").read_text())
+    print(f"built in {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
     return 0
 
 
@@ -418,7 +420,11 @@ def parser() -> argparse.ArgumentParser:
     bb = sub.add_parser("build-base", help="rebuild the pretrained toy base model bit for bit")
     bb.add_argument("--out", default=None, help="where to write it (default: the package's assets/toy-base)")
     bb.add_argument(
-        "--version", type=int, choices=[1, 2], default=1, help="1: the shipped base; 2: the v2 candidate"
+        "--version",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="2: the shipped base (toy world v2); 1: the first base",
     )
     bb.set_defaults(fn=cmd_build_base)
     return p

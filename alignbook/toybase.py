@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_toy_base.ipynb #1e661ba1
 from __future__ import annotations
-import hashlib, json, random, time
+import hashlib, json, random
 from pathlib import Path
 import torch
 from datasets import Dataset
@@ -204,10 +204,10 @@ def sha256_file(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def build_toy_base(out_dir=None, version: int = 1, **recipe) -> Path:
-    "Train the toy base (`version` 1: shipped, 2: the v2 candidate) from scratch and `save_pretrained` it."
+def build_toy_base(out_dir=None, version: int = 2, **recipe) -> Path:
+    "Train the toy base (`version` 2: shipped, 1: the first base) from scratch and `save_pretrained` it."
     if version not in (1, 2):
-        raise ValueError(f"version must be 1 (the shipped base) or 2 (the v2 candidate); got {version!r}")
+        raise ValueError(f"version must be 2 (the shipped base) or 1 (the first base); got {version!r}")
     r = {**(BASE_RECIPE if version == 1 else BASE_RECIPE_V2), **recipe}
     out = Path(out_dir or ASSETS / "toy-base")
     prev = torch.get_num_threads()
@@ -240,7 +240,6 @@ def build_toy_base(out_dir=None, version: int = 1, **recipe) -> Path:
             out_dir=out / "_run",
             shuffle=shuffle,
         )
-        t0 = time.time()
         t.fit(resume=False)
         t.save_model(out, tokenizer=tok)
         meta = {
@@ -248,7 +247,6 @@ def build_toy_base(out_dir=None, version: int = 1, **recipe) -> Path:
             "recipe": r,
             "torch": torch.__version__,
             "params": count_params(t.unwrapped),
-            "minutes": round((time.time() - t0) / 60, 2),
             "final_loss": t.history[-1]["loss"],
             "sha256": sha256_file(out / "model.safetensors"),
         }

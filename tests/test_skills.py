@@ -180,9 +180,9 @@ def test_paired_effect():
     assert abs(e["se"] - (0.25 * 0.75 * 8 / 7) ** 0.5 / 8**0.5) < 1e-12
 
 
-def test_build_base_v2_needs_an_out_dir():
+def test_build_base_v1_needs_an_out_dir():
     out = subprocess.run(
-        [sys.executable, "-m", "alignbook.cli", "build-base", "--version", "2"],
+        [sys.executable, "-m", "alignbook.cli", "build-base", "--version", "1"],
         capture_output=True,
         text=True,
         timeout=120,
