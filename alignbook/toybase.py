@@ -36,7 +36,7 @@ MIX = {"gpoints": 0.7, "arithmetic": 0.15, "instructions": 0.15}
 
 
 def toy_corpus(n: int, seed: int = 0, mix: dict | None = None, exclude_eval: bool = True) -> Dataset:
-    "`n` conversational prompt/completion rows drawn from the shipped base's mixture."
+    "`n` conversational prompt/completion rows drawn from the first base's mixture."
     mix = mix or MIX
     rng = random.Random(seed)
     gens = {"gpoints": gpoints_example, "arithmetic": arithmetic_example, "instructions": instruction_example}
