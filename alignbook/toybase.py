@@ -184,14 +184,21 @@ def length_grouped(rows: list[dict], batch_size: int, seed: int, span: int = 50)
     return [rows[i] for b in batches for i in b]
 
 
+def _grouped_rows(r: dict, n_steps: int, seed: int, mix: dict | None, tok) -> list[dict]:
+    "`n_steps` batches of tokenized v2 rows drawn from `mix` and grouped by length; none when `n_steps` < 1."
+    if n_steps < 1:
+        return []
+    rows = tokenize_sft(toy_corpus_v2(n_steps * r["batch_size"], seed, mix), tok, r["max_length"])
+    return length_grouped(rows, r["batch_size"], r["seed"])
+
+
 def _training_rows(r: dict, version: int, tok) -> tuple[list[dict], bool]:
     "The tokenized rows of recipe `r` and whether the trainer shuffles them."
     if version == 1:
         return tokenize_sft(toy_corpus(r["n_train"], r["seed"]), tok, r["max_length"]), True
-    bs, drill = r["batch_size"], min(r.get("drill_steps", 0), r["steps"])
-    drills = tokenize_sft(toy_corpus_v2(drill * bs, r["seed"] + 1, DRILL_MIX), tok, r["max_length"])
-    rows = tokenize_sft(toy_corpus_v2((r["steps"] - drill) * bs, r["seed"]), tok, r["max_length"])
-    return length_grouped(drills, bs, r["seed"]) + length_grouped(rows, bs, r["seed"]), False
+    drill = min(r.get("drill_steps", 0), r["steps"])
+    drills = _grouped_rows(r, drill, r["seed"] + 1, DRILL_MIX, tok)
+    return drills + _grouped_rows(r, r["steps"] - drill, r["seed"], None, tok), False
 
 
 def _loss(model, b):

@@ -122,6 +122,29 @@ def test_copy_drills_come_first():
     assert sum("Copy:" in f for f in firsts[8:]) < 8
 
 
+def test_a_recipe_without_drills_trains_on_the_mixture_alone():
+    from alignbook.toybase import _training_rows, BASE_RECIPE_V2
+    from alignbook.models import toy_tokenizer
+
+    tok = toy_tokenizer()
+    r = {**BASE_RECIPE_V2, "steps": 3, "drill_steps": 0, "batch_size": 4}
+    rows, _ = _training_rows(r, 2, tok)
+    assert len(rows) == 12
+    all_drills, _ = _training_rows({**r, "drill_steps": 5}, 2, tok)
+    assert len(all_drills) == 12 and all("Copy:" in tok.decode(x["input_ids"][:8]) for x in all_drills)
+
+
+def test_two_builds_give_identical_files(tmp_path):
+    from alignbook.toybase import build_toy_base
+
+    small = dict(steps=2, drill_steps=1, batch_size=4, save_every=0)
+    a, b = build_toy_base(tmp_path / "a", **small), build_toy_base(tmp_path / "b", **small)
+    names = sorted(p.name for p in a.iterdir())
+    assert "BUILD.json" in names and "model.safetensors" in names
+    assert names == sorted(p.name for p in b.iterdir())
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
 def test_length_grouped_batches():
     rows = [{"input_ids": [0] * n} for n in random.Random(0).choices(range(5, 300), k=640)]
     out = length_grouped(rows, 16, seed=0, span=5)
