@@ -366,6 +366,7 @@ def test_study_resumes_from_its_partial_record(tmp_path, monkeypatch):
     rec = fs.fail_study("smoke", seeds=1, only=name, partial=part)
     assert [r["name"] for r in rec["runs"]] == [name] and rec["run_seconds"] == 7.0
     assert rec["command"].startswith("alignbook study fail")
+    assert part.read_text() == json.dumps(done) + "\n"  # the half line is gone, so the next append is whole
 
 
 def test_study_sft_only_run_goes_through_the_checked_config(monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from alignbook.lm.rewrite_study import (
     suite_items,
     suite_outcomes,
     summarise,
+    task_outcomes,
     task_score,
 )
 from alignbook.models import toy_model, toy_tokenizer
@@ -120,3 +122,40 @@ def test_study_command_smoke(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["command"].startswith("alignbook study rewriting") and rec["seconds"] > 0
     assert set(rec["runs"][0]["arms"]) == set(ARMS)
+
+
+def test_task_outcomes_count_a_correct_answer_in_any_style(tiny, monkeypatch):
+    "The task score reads an expert-worded answer as the verifier does; a wrong or empty one scores 0."
+    from alignbook.lm import gpoints, rewrite_study
+    from types import SimpleNamespace
+
+    hands = gpoints.eval_hands(gpoints.ID_RULE, 4, 0)
+    rng = random.Random(0)
+    texts = [skills.expert_solution(hands[0], rng), skills.own_answer(hands[1]), "Answer: 1+1=2", ""]
+
+    def fake(model, tokenizer, convs, n, max_new_tokens, temperature, batch_size):
+        assert [c[-1]["content"] for c in convs] == [gpoints.toy_prompt(h) for h in hands]
+        return SimpleNamespace(texts=texts)
+
+    monkeypatch.setattr(rewrite_study, "sample_completions", fake)
+    assert task_outcomes(*tiny, 4) == [1, 1, 0, 0]
+
+
+def test_a_stopped_study_resumes_from_its_partial_record(tmp_path, monkeypatch):
+    "Seeds already in the .partial.jsonl are kept, not rerun; a half-written last line is dropped."
+    from alignbook.lm import rewrite_study
+
+    ran = []
+
+    def fake(budget, seed, preset="toy"):
+        ran.append(seed)
+        return dict(seed=seed, seconds=1.0)
+
+    monkeypatch.setattr(rewrite_study, "run_rewriting", fake)
+    partial = tmp_path / "rewriting_smoke.partial.jsonl"
+    partial.write_text(json.dumps(dict(seed=0, seconds=5.0)) + '\n{"seed": 1, "secon')
+    rec = rewrite_study.rewriting_study("smoke", seeds=3, partial=partial)
+    assert ran == [1, 2]
+    assert [r["seed"] for r in rec["runs"]] == [0, 1, 2]
+    assert rec["run_seconds"] == 7.0
+    assert sorted(rewrite_study.finished_runs(partial)) == [0, 1, 2]

@@ -40,6 +40,15 @@ def test_wrong_solutions_are_rejected(text):
     assert not skills.solution_ok(text, HAND)
 
 
+def test_expert_style_states_its_formula_after_answer():
+    "The expert's last line uses the seen `Answer:` convention, so the formula is read from it."
+    text = skills.solution_text(HAND, "3*6+10-4", "expert")
+    assert text.startswith("We need 24. The cards count as 10, 3, 4, 6.")
+    assert text.endswith("Answer: 3*6+10-4=24")
+    assert skills.answer_formula(text) == "3*6+10-4=24"
+    assert not skills.solution_ok(text.replace("-4=24", "+4=24"), HAND)
+
+
 def test_wilson_interval():
     assert skills.wilson_interval(0, 20)[0] == 0.0
     assert skills.wilson_interval(20, 20)[1] == 1.0

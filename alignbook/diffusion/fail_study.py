@@ -138,6 +138,8 @@ def fail_study(
     jobs = [(r, s) for s in range(seeds) for r in _runs(budget) if only is None or only in r["name"]]
     partial = Path(partial) if partial else None
     runs = _finished_runs(partial) if partial else []
+    if runs:  # rewrite the partial record without a half-written last line before appending to it
+        partial.write_text("".join(json.dumps(r) + "\n" for r in runs))
     done = {(r["name"], r["seed"]) for r in runs}
     runs = [r for r in runs if any((j["name"], s) == (r["name"], r["seed"]) for j, s in jobs)]
     jobs = [(r, s) for r, s in jobs if (r["name"], s) not in done]  # a stopped study resumes where it was

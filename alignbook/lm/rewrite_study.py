@@ -10,12 +10,12 @@ import torch
 from ..config import get_config, register_study
 from ..data import collate_sft, tokenize_sft
 from ..models import load_policy
-from ..results import write_study
+from ..results import study_path, write_study
 from . import skills
 from .logps import sequence_logps
 from .reference import eval_mode
 from .rollout import sample_completions
-from .sftrl_study import hand_outcomes, paired_effect
+from .sftrl_study import paired_effect
 from . import gpoints
 from .sft import train_sft
 from alignbook.lm.rewrite import (
@@ -30,8 +30,9 @@ from .rewriter import records_from_rows, train_rewriter
 
 # %% auto #0
 __all__ = ['BUDGETS', 'ABLATIONS', 'SFT_TOY', 'ARMS', 'PAPER', 'expert_records', 'sft_rows', 'sft_loss_on', 'dataset_diversity',
-           'suite_outcomes', 'suite_items', 'drop_points', 'task_score', 'run_rewriting', 'rewriting_study',
-           'summarise', 'markdown_table', 'study_rewriting', 'paper_vs_ours', 'check_diversity_rewards']
+           'suite_outcomes', 'suite_items', 'drop_points', 'task_outcomes', 'task_score', 'run_rewriting',
+           'finished_runs', 'rewriting_study', 'summarise', 'markdown_table', 'study_rewriting', 'paper_vs_ours',
+           'check_diversity_rewards']
 
 # %% ../../nbs/36b_rewrite_study.ipynb #bb05cba5
 def expert_records(n: int, seed: int) -> list[dict]:
@@ -93,6 +94,15 @@ def drop_points(before: list[list[int]], after: list[list[int]]) -> dict:
         z=e["z"],
         n=e["n"],
     )
+
+
+@torch.no_grad()
+def task_outcomes(model, tokenizer, n: int, max_new_tokens: int = 192, batch_size: int = 128) -> list[int]:
+    "Greedy answers to the first `n` held-out ID hands, each 0/1 by `skills.solution_ok` (any style)."
+    hands = gpoints.eval_hands(gpoints.ID_RULE, n, 0)
+    convs = [[{"role": "user", "content": gpoints.toy_prompt(h)}] for h in hands]
+    texts = sample_completions(model, tokenizer, convs, 1, max_new_tokens, 0.0, batch_size=batch_size).texts
+    return [int(skills.solution_ok(t, h)) for t, h in zip(texts, hands)]
 
 
 def task_score(outcomes: list[list[int]]) -> dict:
@@ -169,7 +179,7 @@ def run_rewriting(budget: str = "short", seed: int = 0, work=None, preset: str =
     out = dict(
         seed=seed,
         base=dict(
-            hands=hand_outcomes(base, tok, gpoints.ID_RULE, b["n_hands"]),
+            hands=task_outcomes(base, tok, b["n_hands"]),
             items=suite_items(before),
             suite={k: sum(v) / len(v) for k, v in before.items()},
         ),
@@ -190,7 +200,7 @@ def run_rewriting(budget: str = "short", seed: int = 0, work=None, preset: str =
             loss0=sft_loss_on(base, tok, recs),
             train_loss=sum(losses) / len(losses),
             diversity=dataset_diversity(base, tok, recs),
-            hands=hand_outcomes(res.model, tok, gpoints.ID_RULE, b["n_hands"]),
+            hands=task_outcomes(res.model, tok, b["n_hands"]),
             items=suite_items(after),
             suite={k: sum(v) / len(v) for k, v in after.items()},
         )
@@ -216,12 +226,38 @@ PAPER = {  # arXiv 2602.11220: SFT loss on each dataset, drop on out-of-domain b
 }
 
 
-def rewriting_study(budget: str = "short", seeds: int | None = None, preset: str = "toy") -> dict:
-    "Every seed of `budget`; the record (`alignbook study rewriting`)."
+def finished_runs(partial) -> dict[int, dict]:
+    "The seeds already run in a study's .partial.jsonl, by seed (a half-written last line is dropped)."
+    runs = {}
+    if partial is None or not Path(partial).exists():
+        return runs
+    for line in Path(partial).read_text().splitlines():
+        try:
+            run = json.loads(line)
+        except ValueError:
+            continue
+        runs[run["seed"]] = run
+    return runs
+
+
+def rewriting_study(
+    budget: str = "short", seeds: int | None = None, preset: str = "toy", partial=None
+) -> dict:
+    "Every seed of `budget`; the record. Seeds already in `partial` (JSONL) are kept, the others appended."
     import alignbook
 
     t0 = time.perf_counter()
-    runs = [run_rewriting(budget, s, preset=preset) for s in range(seeds or BUDGETS[budget]["seeds"])]
+    done = finished_runs(partial)
+    if done:  # rewrite the partial record without a half-written last line before appending to it
+        Path(partial).write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    runs = []
+    for s in range(seeds or BUDGETS[budget]["seeds"]):
+        if s not in done:
+            done[s] = run_rewriting(budget, s, preset=preset)
+            if partial is not None:
+                with open(partial, "a") as f:
+                    f.write(json.dumps(done[s]) + "\n")
+        runs.append(done[s])
     return dict(
         budget=budget,
         preset=preset,
@@ -230,6 +266,7 @@ def rewriting_study(budget: str = "short", seeds: int | None = None, preset: str
         budgets=BUDGETS[budget],
         runs=runs,
         seconds=time.perf_counter() - t0,
+        run_seconds=sum(r["seconds"] for r in runs),  # with resumed seeds, more than this call's seconds
     )
 
 
@@ -278,9 +315,11 @@ def study_rewriting(argv: list[str]) -> dict:
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--out", default=None, help="default: the package's assets/studies/rewriting_BUDGET.json")
     a = p.parse_args(argv)
-    rec = rewriting_study(a.budget, a.seeds)
+    out = Path(a.out) if a.out else study_path(f"rewriting_{a.budget}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rec = rewriting_study(a.budget, a.seeds, partial=out.with_suffix(".partial.jsonl"))
     out = write_study(
-        f"rewriting_{a.budget}", rec, "alignbook study rewriting " + " ".join(argv), rec["seconds"], a.out
+        f"rewriting_{a.budget}", rec, "alignbook study rewriting " + " ".join(argv), rec["seconds"], out
     )
     return dict(out=str(out), seconds=rec["seconds"], table=summarise(rec))
 

@@ -60,8 +60,8 @@ def _expert_text(hand: gpoints.Hand, formula: str) -> str:
         word = "Last" if i == len(steps) - 1 else _ORDINALS[min(i, 2)]
         said.append(f"{word}, {_num(a)} {_OPS[op]} {_num(b)} is {_num(v)}.")
     values = ", ".join(map(str, hand.numbers))
-    answer = json.dumps({"formula": f"{formula}={hand.target}"})
-    return f"We need {hand.target}. The cards count as {values}. " + " ".join(said) + f" So {answer}"
+    head = f"We need {hand.target}. The cards count as {values}. "
+    return head + " ".join(said) + f" Answer: {formula}={hand.target}"
 
 
 def _notes_text(hand: gpoints.Hand, formula: str) -> str:
