@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['summarize', 'TrainResult', 'save_final', 'study_path', 'read_study', 'write_study']
+__all__ = ['summarize', 'TrainResult', 'save_final', 'study_path', 'read_study', 'write_study', 'resume_partial',
+           'append_partial']
 
 # %% ../nbs/05b_results.ipynb #d53586d9
 def summarize(history: list[dict]) -> dict:
@@ -102,3 +103,24 @@ def write_study(name: str, record: dict, command: str, seconds: float, path=None
     meta = {"command": command, "version": __version__, "seconds": round(float(seconds), 1)}
     path.write_text(json.dumps({**record, **meta}, indent=1, default=str), encoding="utf-8")
     return path
+
+
+def resume_partial(path) -> list[dict]:
+    "The runs a stopped study finished, from its .partial.jsonl (a half-written last line is cut off)."
+    path = Path(path)
+    if not path.exists():
+        return []
+    runs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            runs.append(json.loads(line))
+        except ValueError:
+            continue
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs), encoding="utf-8")  # appends stay whole
+    return runs
+
+
+def append_partial(path, run: dict) -> None:
+    "Append one finished run to a study's .partial.jsonl, so that a stopped study loses nothing finished."
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(run) + "\n")

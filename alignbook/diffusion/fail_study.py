@@ -8,7 +8,7 @@ import json, math, sys, time
 from pathlib import Path
 import torch
 from ..config import get_config, register_benchmark, register_study
-from ..results import study_path as study_path_of
+from ..results import append_partial, resume_partial, study_path as study_path_of
 from .flow import load_digits_images, toy_digits_flow
 from alignbook.diffusion.fail import (
     train_fail,
@@ -137,9 +137,7 @@ def fail_study(
     t0 = time.perf_counter()
     jobs = [(r, s) for s in range(seeds) for r in _runs(budget) if only is None or only in r["name"]]
     partial = Path(partial) if partial else None
-    runs = _finished_runs(partial) if partial else []
-    if runs:  # rewrite the partial record without a half-written last line before appending to it
-        partial.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    runs = resume_partial(partial) if partial else []
     done = {(r["name"], r["seed"]) for r in runs}
     runs = [r for r in runs if any((j["name"], s) == (r["name"], r["seed"]) for j, s in jobs)]
     jobs = [(r, s) for r, s in jobs if (r["name"], s) not in done]  # a stopped study resumes where it was
@@ -150,14 +148,12 @@ def fail_study(
             for r in pool.imap(_run_star, jobs, chunksize=1):
                 runs.append(r)
                 if partial:
-                    with open(partial, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+                    append_partial(partial, r)
     else:
         for j in jobs:
             runs.append(_run_star(j))
             if partial:
-                with open(partial, "a") as f:
-                    f.write(json.dumps(runs[-1]) + "\n")
+                append_partial(partial, runs[-1])
     ex = expert_data()
     xs, c = policy_samples(toy_digits_flow(), 400)
     return {
@@ -181,19 +177,6 @@ def fail_study(
         },
         "runs": runs,
     }
-
-
-def _finished_runs(partial: Path) -> list[dict]:
-    "The runs already recorded in a study's .partial.jsonl (a half-written last line is dropped)."
-    if not partial.exists():
-        return []
-    runs = []
-    for line in partial.read_text().splitlines():
-        try:
-            runs.append(json.loads(line))
-        except ValueError:
-            continue
-    return runs
 
 
 def record_from_partial(budget: str = "short", note: str = "") -> Path:

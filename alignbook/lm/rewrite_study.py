@@ -10,7 +10,7 @@ import torch
 from ..config import get_config, register_study
 from ..data import collate_sft, tokenize_sft
 from ..models import load_policy
-from ..results import study_path, write_study
+from ..results import append_partial, resume_partial, study_path, write_study
 from . import skills
 from .logps import sequence_logps
 from .reference import eval_mode
@@ -31,7 +31,7 @@ from .rewriter import records_from_rows, train_rewriter
 # %% auto #0
 __all__ = ['BUDGETS', 'ABLATIONS', 'SFT_TOY', 'ARMS', 'PAPER', 'expert_records', 'sft_rows', 'sft_loss_on', 'dataset_diversity',
            'suite_outcomes', 'suite_items', 'drop_points', 'task_outcomes', 'task_score', 'run_rewriting',
-           'finished_runs', 'rewriting_study', 'summarise', 'markdown_table', 'study_rewriting', 'paper_vs_ours',
+           'rewriting_study', 'summarise', 'markdown_table', 'study_rewriting', 'paper_vs_ours',
            'check_diversity_rewards']
 
 # %% ../../nbs/36b_rewrite_study.ipynb #bb05cba5
@@ -226,20 +226,6 @@ PAPER = {  # arXiv 2602.11220: SFT loss on each dataset, drop on out-of-domain b
 }
 
 
-def finished_runs(partial) -> dict[int, dict]:
-    "The seeds already run in a study's .partial.jsonl, by seed (a half-written last line is dropped)."
-    runs = {}
-    if partial is None or not Path(partial).exists():
-        return runs
-    for line in Path(partial).read_text().splitlines():
-        try:
-            run = json.loads(line)
-        except ValueError:
-            continue
-        runs[run["seed"]] = run
-    return runs
-
-
 def rewriting_study(
     budget: str = "short", seeds: int | None = None, preset: str = "toy", partial=None
 ) -> dict:
@@ -247,16 +233,13 @@ def rewriting_study(
     import alignbook
 
     t0 = time.perf_counter()
-    done = finished_runs(partial)
-    if done:  # rewrite the partial record without a half-written last line before appending to it
-        Path(partial).write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    done = {r["seed"]: r for r in resume_partial(partial)} if partial is not None else {}
     runs = []
     for s in range(seeds or BUDGETS[budget]["seeds"]):
         if s not in done:
             done[s] = run_rewriting(budget, s, preset=preset)
             if partial is not None:
-                with open(partial, "a") as f:
-                    f.write(json.dumps(done[s]) + "\n")
+                append_partial(partial, done[s])
         runs.append(done[s])
     return dict(
         budget=budget,
