@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['summarize', 'TrainResult', 'save_final', 'study_path', 'read_study', 'write_study', 'resume_partial',
+__all__ = ['summarize', 'TrainResult', 'save_final', 'study_path', 'read_study', 'write_study', 'read_partial', 'resume_partial',
            'append_partial']
 
 # %% ../nbs/05b_results.ipynb #d53586d9
@@ -105,8 +105,8 @@ def write_study(name: str, record: dict, command: str, seconds: float, path=None
     return path
 
 
-def resume_partial(path) -> list[dict]:
-    "The runs a stopped study finished, from its .partial.jsonl (a half-written last line is cut off)."
+def read_partial(path) -> list[dict]:
+    "The runs a study has finished so far, from its .partial.jsonl; a half-written line is skipped."
     path = Path(path)
     if not path.exists():
         return []
@@ -116,7 +116,14 @@ def resume_partial(path) -> list[dict]:
             runs.append(json.loads(line))
         except ValueError:
             continue
-    path.write_text("".join(json.dumps(r) + "\n" for r in runs), encoding="utf-8")  # appends stay whole
+    return runs
+
+
+def resume_partial(path) -> list[dict]:
+    "`read_partial`, and the file rewritten without a half-written line, so that later appends stay whole."
+    runs = read_partial(path)
+    if Path(path).exists():
+        Path(path).write_text("".join(json.dumps(r) + "\n" for r in runs), encoding="utf-8")
     return runs
 
 

@@ -380,3 +380,16 @@ def test_study_sft_only_run_goes_through_the_checked_config(monkeypatch):
     (run,) = rec["runs"]
     assert run["overrides"]["max_steps"] == 0 and [c["round"] for c in run["curve"]] == [0]
     assert "dist" in run["curve"][0] and run["dist"]["mmd"] > 0
+
+
+def test_a_partial_study_reads_with_a_half_written_line(tmp_path):
+    "load_study falls back to the finished runs of a study still running, skipping a line cut mid-write."
+    import json
+
+    from alignbook.diffusion import fail_study as fs
+
+    part = tmp_path / "fail_long.partial.jsonl"
+    part.write_text(json.dumps({"name": "FAIL-PD (conditional D)", "seed": 0}) + '\n{"name": "FAIL-P')
+    rec = fs.load_study(tmp_path / "fail_long.json")
+    assert rec["partial"] and rec["budget"] == "long" and [r["seed"] for r in rec["runs"]] == [0]
+    assert part.read_text().endswith('{"name": "FAIL-P')  # a reader does not touch the running study's file

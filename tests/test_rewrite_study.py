@@ -159,3 +159,14 @@ def test_a_stopped_study_resumes_from_its_partial_record(tmp_path, monkeypatch):
     assert [r["seed"] for r in rec["runs"]] == [0, 1, 2]
     assert rec["run_seconds"] == 7.0
     assert [json.loads(x)["seed"] for x in partial.read_text().splitlines()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("study", ["rewriting", "fail"])
+def test_study_refuses_fewer_than_one_seed(study, capsys):
+    "A bad --seeds stops before any run, naming the option and the value."
+    from alignbook.config import STUDIES, load_plugins
+
+    load_plugins()
+    with pytest.raises(SystemExit):
+        STUDIES[study](["--budget", "smoke", "--seeds", "0"])
+    assert "--seeds must be at least 1; got 0" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import json, math, sys, time
 from pathlib import Path
 import torch
 from ..config import get_config, register_benchmark, register_study
-from ..results import append_partial, resume_partial, study_path as study_path_of
+from ..results import append_partial, read_partial, resume_partial, study_path as study_path_of
 from .flow import load_digits_images, toy_digits_flow
 from alignbook.diffusion.fail import (
     train_fail,
@@ -154,8 +154,6 @@ def fail_study(
             runs.append(_run_star(j))
             if partial:
                 append_partial(partial, runs[-1])
-    ex = expert_data()
-    xs, c = policy_samples(toy_digits_flow(), 400)
     return {
         "command": "alignbook study fail "
         + " ".join(sys.argv[3:] if sys.argv[1:2] in (["bench"], ["study"]) else []),
@@ -165,6 +163,16 @@ def fail_study(
         "torch": torch.__version__,
         "seconds": time.perf_counter() - t0,
         "run_seconds": sum(r["seconds"] for r in runs),  # with resumed runs, more than this call's seconds
+        **_reference_rows(),
+        "runs": runs,
+    }
+
+
+def _reference_rows() -> dict:
+    "The rows every record compares against: the expert's floor, the base flow and the expert itself."
+    ex = expert_data()
+    xs, c = policy_samples(toy_digits_flow(), 400)
+    return {
         "floor": distance_to_expert(ex["heldout"][:400], ex["heldout"][400:800], 4),
         "base": {
             "dist": distance_to_expert(xs, ex["heldout"], 4),
@@ -175,7 +183,6 @@ def fail_study(
             "ink": float(ink_reward(ex["heldout"]).mean()),
             "fidelity": class_fidelity(ex["heldout"], ex["heldout_labels"]),
         },
-        "runs": runs,
     }
 
 
@@ -184,9 +191,7 @@ def record_from_partial(budget: str = "short", note: str = "") -> Path:
     import alignbook
 
     path = study_path(budget)
-    runs = [json.loads(x) for x in path.with_suffix(".partial.jsonl").read_text().splitlines() if x.strip()]
-    ex = expert_data()
-    xs, c = policy_samples(toy_digits_flow(), 400)
+    runs = read_partial(path.with_suffix(".partial.jsonl"))
     rec = {
         "command": f"alignbook study fail --budget {budget} --workers 2 (cut short: {note})",
         "budget": budget,
@@ -195,16 +200,7 @@ def record_from_partial(budget: str = "short", note: str = "") -> Path:
         "torch": torch.__version__,
         "seconds": sum(r["seconds"] for r in runs),
         "partial": True,
-        "floor": distance_to_expert(ex["heldout"][:400], ex["heldout"][400:800], 4),
-        "base": {
-            "dist": distance_to_expert(xs, ex["heldout"], 4),
-            "ink": float(ink_reward(xs).mean()),
-            "fidelity": class_fidelity(xs, c),
-        },
-        "expert": {
-            "ink": float(ink_reward(ex["heldout"]).mean()),
-            "fidelity": class_fidelity(ex["heldout"], ex["heldout_labels"]),
-        },
+        **_reference_rows(),
         "runs": runs,
     }
     path.write_text(json.dumps(rec, indent=1))
@@ -227,6 +223,8 @@ def bench_fail_study(argv: list[str]) -> dict:
     p.add_argument("--only", default=None, help="run only the runs whose name contains this")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    if a.seeds is not None and a.seeds < 1:
+        p.error(f"--seeds must be at least 1; got {a.seeds}")
     seeds = a.seeds or {"smoke": 1, "short": 3, "long": 5}[a.budget]
     out = Path(a.out) if a.out else study_path(a.budget)
     rec = fail_study(a.budget, seeds, a.workers, a.only, out.with_suffix(".partial.jsonl"))
@@ -250,7 +248,7 @@ def load_study(path=None) -> dict:
         raise FileNotFoundError(
             f"no study record at {path}; make it with `alignbook bench fail-study --budget short`"
         )
-    runs = [json.loads(x) for x in part.read_text().splitlines() if x.strip()]
+    runs = read_partial(part)
     return {"command": "(partial record)", "budget": path.stem.split("_")[-1], "runs": runs, "partial": True}
 
 

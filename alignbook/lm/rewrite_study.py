@@ -298,6 +298,8 @@ def study_rewriting(argv: list[str]) -> dict:
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--out", default=None, help="default: the package's assets/studies/rewriting_BUDGET.json")
     a = p.parse_args(argv)
+    if a.seeds is not None and a.seeds < 1:
+        p.error(f"--seeds must be at least 1; got {a.seeds}")
     out = Path(a.out) if a.out else study_path(f"rewriting_{a.budget}")
     out.parent.mkdir(parents=True, exist_ok=True)
     rec = rewriting_study(a.budget, a.seeds, partial=out.with_suffix(".partial.jsonl"))
