@@ -914,6 +914,7 @@ def plot_metrics(rows_or_dir, keys, ax=None, title: str | None = None):
 def _rollout_step(self) -> dict:
     "One round: `make_batch(self)` → (updates, metrics), one optimiser step per update."
     acc = self.accelerator
+    shards = getattr(self.make_batch, "shards_rollouts", False) and acc.num_processes > 1
     t0 = time.perf_counter()
     updates, metrics = self.make_batch(self)
     t_gen = time.perf_counter() - t0
@@ -929,10 +930,14 @@ def _rollout_step(self) -> dict:
             ctx = acc.no_sync(self.model) if i < len(micro) - 1 else contextlib.nullcontext()
             with ctx, acc.autocast():
                 loss, m = self.loss_fn(self.model, b)
-                self.backward(loss)
+                self.backward(loss * acc.num_processes if shards else loss)  # DDP averages the shares
             for k, v in {"loss": loss, **m}.items():
                 sums[k] = sums.get(k, 0.0) + _item(v) / len(updates)
         norms.append(self.optimizer_step())
+    if shards:  # each process holds its share of the loss and of every statistic
+        keys = sorted(sums)
+        red = acc.reduce(torch.tensor([sums[k] for k in keys], device=self.device), reduction="sum")
+        sums = dict(zip(keys, red.tolist()))
     t_upd = time.perf_counter() - t0 - t_gen
     self.state["round"] = self.state.get("round", 0) + 1
     return {

@@ -18,11 +18,15 @@ ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
+# RL splits each round across processes (each plays its share of the hands): one sampling stream per episode
+SHARDED = ["rollout_seeding=episode", "num_minibatches=2"]
 # each objective a few steps at a global batch of 8 (4 rows a process), with little evaluation
 RUNS = {
     "sft": ["max_steps=3", "batch_size=8", "eval_size=4"],
     "dpo": ["max_steps=3", "batch_size=8", "eval_size=4"],
-    "grpo": ["max_steps=2", "batch_size=8", "hands_per_step=4", "group_size=4", "eval_size=4"],
+    "grpo": ["max_steps=2", "batch_size=8", "hands_per_step=4", "group_size=4", "eval_size=4", *SHARDED],
+    "ppo": ["max_steps=2", "batch_size=8", "hands_per_step=4", "group_size=4", "eval_size=4", *SHARDED]
+    + ["max_attempts=2"],  # PPO's credit across turns
     "diffusion-dpo": ["max_steps=3", "batch_size=8", "eval_size=20", "beta=250"],
 }
 
@@ -128,6 +132,10 @@ def test_two_processes_match_one(objective, tmp_path):
     assert "accelerate.commands.launch" in r.stderr  # it went through the launcher
     assert r.stdout.count('"steps"') == 1  # one process prints the result
     assert_same_run(tmp_path / "one", tmp_path / "two")
+    if objective in ("grpo", "ppo"):  # each process played half of every round
+        rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+        played = [r["episodes_per_process"] for r in rows if "episodes_per_process" in r]
+        assert played == [8, 8], played
 
 
 @SLOW

@@ -126,7 +126,7 @@ def test_ppo_credits_earlier_turns_with_later_rewards():
     episodes += [Episode(None, [turn(-1.0)], success=True, ret=-1.0) for _ in range(2)]
     summary = dict(success_rate=1.0, first_try_success_rate=0.0)
     rollouts = GPointsRollouts(tok, cfg, "ppo")
-    rollouts.play = lambda policy, rnd: (episodes, summary)
+    rollouts.play = lambda policy, rnd, rank=0, world=1: (episodes, summary)
     tr = Trainer(PolicyWithValue(model), cfg, loss_fn=rl_loss_fn(cfg, "ppo"), make_batch=rollouts)
     updates, _ = rollouts(tr)
     b = updates[0][0]

@@ -134,3 +134,71 @@ def test_gpu_smoke_every_objective():
 
     res = gpu_smoke(steps=1, device="cpu", tiny=True, fsdp=False)
     assert res["failed"] == [], {o: r.get("error") for o, r in res["objectives"].items() if not r["ok"]}
+
+
+def test_row_sampler_draws_from_softmax_at_temperature():
+    "Gumbel-max with a generator per row samples softmax(z/T); top-p cuts the tail as generate does."
+    from alignbook.lm.rollout import RowSampler
+
+    z = torch.tensor([2.0, 1.0, 0.0, -1.0, -3.0])
+    n, T = 20000, 0.7
+    picks = RowSampler(range(n), T)(None, z.repeat(n, 1)).argmax(1)
+    freq = torch.bincount(picks, minlength=5).float() / n
+    want = torch.softmax(z / T, 0)
+    assert (freq - want).abs().max() < 4 * math.sqrt(0.25 / n), (freq, want)
+    again = RowSampler(range(n), T)(None, z.repeat(n, 1)).argmax(1)
+    assert torch.equal(picks, again)  # the seeds fix the draws
+    nucleus = RowSampler(range(2000), 1.0, top_p=0.5)(None, z.repeat(2000, 1)).argmax(1)
+    assert set(nucleus.tolist()) == {0}  # softmax(z) puts 0.64 on token 0: the 0.5-nucleus is token 0 alone
+    with pytest.raises(ValueError, match="row seeds"):
+        RowSampler([1, 2], T)(None, z.repeat(3, 1))
+
+
+def test_data_parallel_rl_refuses_what_it_cannot_split():
+    from alignbook.lm.rltrain import _check_cfg, _check_data_parallel, _check_shardable
+
+    toy, gpu = get_config("grpo"), get_config("grpo", "gpu")
+    assert (toy.rollout_seeding, gpu.rollout_seeding) == ("round", "episode")
+    with pytest.raises(ValueError, match="set rollout_seeding=episode"):
+        _check_data_parallel(toy, 2)
+    _check_data_parallel(toy.replace(rollout_seeding="episode"), 2)
+    with pytest.raises(ValueError, match="hands_per_step=2 is fewer than the 4 processes"):
+        _check_data_parallel(toy.replace(rollout_seeding="episode", hands_per_step=2), 4)
+    with pytest.raises(ValueError, match="an update has 3 rows for 4 processes"):
+        _check_shardable([[1] * 5, [1] * 3], 4)
+    with pytest.raises(ValueError, match="rollout_seeding must be one of"):
+        _check_cfg(toy.replace(rollout_seeding="hand"), "grpo")
+
+
+def test_vllm_engine_gives_each_row_its_seed(monkeypatch):
+    "With row seeds the engine sends one request per row, each with its seed (a fake vllm records them)."
+    import sys, types
+    from alignbook.models import toy_tokenizer
+
+    sent = []
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class Out:
+        def __init__(self, ids):
+            self.token_ids, self.logprobs = ids, [{t: types.SimpleNamespace(logprob=-1.0)} for t in ids]
+
+    class LLM:
+        def generate(self, prompts, sps, use_tqdm=False):
+            sent.extend((p["prompt_token_ids"], sp.kw) for p, sp in zip(prompts, sps))
+            return [types.SimpleNamespace(outputs=[Out([5, 6])] * sp.kw["n"]) for sp in sps]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=SamplingParams))
+    engine = object.__new__(eng.VLLMEngine)
+    engine.llm = LLM()
+    tok = toy_tokenizer()
+    s = engine.sample_completions(tok, ["ab", "cd"], n=2, temperature=1.0, row_seeds=[7, 8, 9, 10])
+    assert [kw["seed"] for _, kw in sent] == [7, 8, 9, 10]
+    assert all(kw["n"] == 1 for _, kw in sent)
+    assert sent[0][0] == sent[1][0] != sent[2][0]  # prompt-major, as `sample_completions`
+    assert len(s) == 4 and s.sampler_logps[0] == [-1.0, -1.0]
+    sent.clear()
+    engine.sample_completions(tok, ["ab", "cd"], n=2, temperature=1.0, seed=3)
+    assert [(kw["seed"], kw["n"]) for _, kw in sent] == [(3, 2), (4, 2)]  # a seed per prompt otherwise

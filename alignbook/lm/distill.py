@@ -94,6 +94,7 @@ class DistillRollouts:
             seed=cfg.seed * 1_000_003 + rnd,
             batch_size=cfg.gen_batch_size,
             history=cfg.history,
+            seeding=cfg.rollout_seeding,
         )
         rows = [t for e in episodes for t in e.turns]
         n_tok = sum(len(r["completion_ids"]) for r in rows)

@@ -111,12 +111,25 @@ class VLLMEngine:
         return self
 
     def sample_completions(
-        self, tokenizer, prompts, n=1, max_new_tokens=64, temperature=1.0, top_p=1.0, seed=None, batch_size=64
+        self,
+        tokenizer,
+        prompts,
+        n=1,
+        max_new_tokens=64,
+        temperature=1.0,
+        top_p=1.0,
+        seed=None,
+        batch_size=64,
+        row_seeds=None,
     ) -> Samples:
         "As `rollout.sample_completions`, from the engine; `sampler_logps`: each sampled token's log-prob."
         from vllm import SamplingParams
 
         pids = render_prompt_ids(tokenizer, prompts)
+        if row_seeds is not None:  # one request per row, each with its own seed (as `RowSampler`)
+            pids, seeds, n = [p for p in pids for _ in range(n)], list(row_seeds), 1
+        else:
+            seeds = [None if seed is None else seed + i for i in range(len(pids))]
         sps = [  # a seed per prompt: a group's copies of one prompt must not draw the same tokens
             SamplingParams(
                 n=n,
@@ -124,9 +137,9 @@ class VLLMEngine:
                 top_p=top_p,
                 max_tokens=max_new_tokens,
                 logprobs=0,
-                seed=None if seed is None else seed + i,
+                seed=s,
             )
-            for i in range(len(pids))
+            for s in seeds
         ]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in pids], sps, use_tqdm=False)
         eos = tokenizer.eos_token_id

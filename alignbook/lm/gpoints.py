@@ -585,6 +585,7 @@ def evaluate(
     hands: Sequence[Hand],
     max_attempts: int = 1,
     style: str = "toy",
+    with_ids: bool = False,
 ) -> dict:
     "Play every hand for up to `max_attempts` turns with feedback; success rate, mean return, records."
     if max_attempts < 1:
@@ -607,7 +608,10 @@ def evaluate(
     for attempt in range(1, max_attempts + 1):
         if not active:
             break
-        replies = respond([[dict(m) for m in convs[i]] for i in active])
+        turn = [[dict(m) for m in convs[i]] for i in active]
+        replies = (
+            respond(turn, list(active)) if with_ids else respond(turn)
+        )  # with_ids: which hands these are
         if len(replies) != len(active):
             raise ValueError(f"respond returned {len(replies)} replies for {len(active)} conversations")
         still = []

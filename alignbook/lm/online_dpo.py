@@ -82,6 +82,7 @@ class OnlineDPORollouts:
             seed=cfg.seed * 1_000_003 + rnd,
             batch_size=cfg.gen_batch_size,
             history=cfg.history,
+            seeding=cfg.rollout_seeding,
         )
         pairs = verifier_pairs(episodes, cfg.group_size)
         micro = [

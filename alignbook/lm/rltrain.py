@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import torch
 import torch.nn as nn
+from accelerate.utils import gather_object
 from ..config import register_objective
 from ..models import load_policy, count_params, TOY_BASE
 from ..train import Trainer, set_seed
@@ -26,7 +27,7 @@ from alignbook.lm.pg import (
     k3_kl,
     truncated_is_weights,
 )
-from .rollout import play_gpoints, pack_batch, completion_token_logps
+from .rollout import SEEDINGS, play_gpoints, pack_batch, completion_token_logps
 from .engine import ENGINES, is_correction, make_engine
 from .rleval import rl_evaluate, parse_rules
 from ..dryrun import dry_runnable
@@ -77,6 +78,7 @@ RL_COMMON_TOY = dict(
     vf_coef=0.1,
     value_clip=0.2,
     gen_batch_size=128,  # sequences per generate call
+    rollout_seeding="round",  # "episode": a stream per episode, so a round can be split across processes
     rollout_engine="generate",  # or "vllm" (optional extra; colocated, weights synced each round)
     engine_tis_cap=3.0,  # truncated IS for the engine's mismatch (TRL's cap); None: uncorrected
     vllm_gpu_memory_utilization=0.3,  # the share of the GPU vLLM may take beside the trainer
@@ -102,6 +104,7 @@ RL_COMMON_GPU = dict(
     scheduler="constant",
     save_every=50,
     gen_batch_size=64,  # sequences per generate call on one GPU
+    rollout_seeding="episode",  # rollouts independent of process count and batch: data parallel RL
     rollout_engine="vllm",  # falls back to generate, with a message, where vLLM is not installed
 )
 ALGOS = {
@@ -223,6 +226,42 @@ def _tokens(rows) -> int:
     return sum(len(r["completion_ids"]) for r in rows)
 
 
+def _check_shardable(updates: list[list], world: int):
+    "Each of `world` processes needs at least one row of every update (each takes part in every step)."
+    fewest = min(len(u) for u in updates)
+    if fewest < world:
+        raise ValueError(
+            f"an update has {fewest} rows for {world} processes: raise hands_per_step × group_size "
+            "or lower num_minibatches, so that every process gets at least one row"
+        )
+
+
+def _check_data_parallel(cfg, world: int):
+    "A round can be split across `world` processes only with a sampling stream per episode."
+    if cfg.rollout_seeding != "episode":
+        raise ValueError(
+            f"rollout_seeding={cfg.rollout_seeding!r} draws one random stream per round, which {world} "
+            "processes cannot share: set rollout_seeding=episode (the gpu preset's choice)"
+        )
+    if cfg.hands_per_step < world:
+        raise ValueError(
+            f"hands_per_step={cfg.hands_per_step} is fewer than the {world} processes: "
+            "each plays at least one hand"
+        )
+
+
+def _is_ratio_stats(micro: list[dict], acc) -> dict:
+    "Mean and max over completion tokens of π_trainer/π_sampler, over every process's micro-batches."
+    n_tok = sum(float(b["completion_mask"][:, 1:].sum()) for b in micro)
+    w = [torch.exp(b["old"] - b["sampler"]) * b["completion_mask"][:, 1:] for b in micro]
+    total = sum(float(x.sum()) for x in w)
+    top = max(float(x.max()) for x in w)
+    if acc.num_processes > 1:
+        n_tok, total = acc.reduce(torch.tensor([n_tok, total], device=acc.device), reduction="sum").tolist()
+        top = float(acc.gather(torch.tensor([top], device=acc.device)).max())
+    return {"is_ratio_mean": total / n_tok, "is_ratio_max": top}
+
+
 def chunk_weight(loss_type: str, chunk: list[dict], update: list[dict]) -> float:
     "The share of its update's loss a micro-batch (`chunk` of `update`'s rows) carries, so chunking is exact."
     if loss_type in ("grpo", "dr_grpo"):  # a mean over sequences
@@ -245,15 +284,19 @@ class GPointsRollouts:
         self.engine = engine  # None: transformers' generate; else an engine synced from the policy each round
         self.rule = gpoints.ID_RULE if cfg.train_rule == "id" else gpoints.OOD_RULE
 
-    def play(self, policy, rnd: int):
-        "Episodes of round `rnd`: hands and sampling seeds depend only on seed and round (exact resume)."
+    shards_rollouts = True  # under data parallelism each process plays and trains on its share of a round
+
+    def play(self, policy, rnd: int, rank: int = 0, world: int = 1):
+        "Process `rank`'s share of round `rnd`: hands and seeds depend only on seed and round (exact resume)."
         cfg = self.cfg
         rng = random.Random(f"alignbook-rl-{cfg.seed}-{rnd}")
         hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
+        parts = _split(hands, world)
+        first = sum(len(p) for p in parts[:rank]) * cfg.group_size  # its first episode's index in the round
         return play_gpoints(
             policy if self.engine is None else self.engine.sync(policy),
             self.tok,
-            hands,
+            parts[rank],
             cfg.group_size,
             cfg.max_attempts,
             cfg.style,
@@ -263,6 +306,8 @@ class GPointsRollouts:
             seed=cfg.seed * 1_000_003 + rnd,
             batch_size=cfg.gen_batch_size,
             history=cfg.history,
+            seeding=cfg.rollout_seeding,
+            first_episode=first,
         )
 
     @torch.no_grad()
@@ -305,9 +350,15 @@ class GPointsRollouts:
         return b
 
     def __call__(self, trainer) -> tuple[list[list[dict]], dict]:
+        "This process's micro-batches of every update of one round, and the round's metrics."
         cfg, algo = self.cfg, self.algo
+        acc = trainer.accelerator
+        rank, world = acc.process_index, acc.num_processes
         rnd = trainer.state.get("round", 0)
-        episodes, summary = self.play(policy_of(trainer.unwrapped), rnd)
+        episodes, _ = self.play(policy_of(trainer.unwrapped), rnd, rank, world)
+        played_here = len(episodes)
+        if world > 1:  # every process gets the whole round, in episode order
+            episodes = gather_object(episodes)
         rows = episode_rows(episodes, cfg.gamma)
         returns = torch.tensor([e.ret for e in episodes])
         if algo != "ppo":
@@ -316,13 +367,19 @@ class GPointsRollouts:
                 r["adv"] = float(adv[r["episode"]])
         minibatches = _split(rows, cfg.num_minibatches)
         off_policy = cfg.num_iterations > 1 or len(minibatches) > 1
-        passes = [
-            [self.micro_batch(trainer, c, mb, off_policy) for c in _chunks(mb, cfg.batch_size)]
+        _check_shardable(minibatches, world)
+        passes = [  # this process's part of each update; its weights are shares of the whole update
+            [
+                self.micro_batch(trainer, c, mb, off_policy)
+                for c in _chunks(_split(mb, world)[rank], cfg.batch_size)
+            ]
             for mb in minibatches
         ]
         if algo == "ppo":  # whiten the per-token advantages over the whole rollout batch
             micro = [b for mb in passes for b in mb]
             all_adv = torch.cat([b["adv"][b["completion_mask"][:, 1:].bool()] for b in micro])
+            if world > 1:
+                all_adv = torch.cat(gather_object([all_adv.cpu()])).to(all_adv.device)
             mu, sd = all_adv.mean(), all_adv.std() if all_adv.numel() > 1 else torch.tensor(1.0)
             for b in micro:
                 b["adv"] = (b["adv"] - mu) / (sd + 1e-8)
@@ -336,17 +393,15 @@ class GPointsRollouts:
         group_returns = returns.view(-1, cfg.group_size)
         metrics = {
             "reward": float(returns.mean()),
-            "success": summary["success_rate"],
-            "first_try": summary["first_try_success_rate"],
+            "success": sum(e.success for e in episodes) / len(episodes),
+            "first_try": sum(e.success and len(e.turns) == 1 for e in episodes) / len(episodes),
             "frac_zero_std": float((group_returns.std(1) == 0).float().mean()) if cfg.group_size > 1 else 0.0,
             "completion_len": _tokens(rows) / len(rows),
         }
         if cfg.sampler_temperature or "sampler" in passes[0][0]:  # how far the engine is from the trainer
-            micro = [b for mb in passes for b in mb]
-            n_tok = sum(float(b["completion_mask"][:, 1:].sum()) for b in micro)
-            w = [torch.exp(b["old"] - b["sampler"]) * b["completion_mask"][:, 1:] for b in micro]
-            metrics["is_ratio_mean"] = sum(float(x.sum()) for x in w) / n_tok
-            metrics["is_ratio_max"] = max(float(x.max()) for x in w)
+            metrics.update(_is_ratio_stats([b for mb in passes for b in mb], acc))
+        if world > 1:
+            metrics["episodes_per_process"] = played_here
         return [mb for _ in range(cfg.num_iterations) for mb in passes], metrics
 
 # %% ../../nbs/31_rl.ipynb #6953fdc5
@@ -414,6 +469,8 @@ def _check_cfg(cfg, algo):
         raise ValueError(f"tis_cap must be > 0 and needs sampler_temperature set, got {cfg.tis_cap}")
     if cfg.engine_tis_cap is not None and cfg.engine_tis_cap <= 0:
         raise ValueError(f"engine_tis_cap must be > 0 or None, got {cfg.engine_tis_cap}")
+    if cfg.rollout_seeding not in SEEDINGS:
+        raise ValueError(f"rollout_seeding must be one of {SEEDINGS}, got {cfg.rollout_seeding!r}")
     if cfg.rollout_engine not in ENGINES:
         raise ValueError(f"rollout_engine must be one of {ENGINES}, got {cfg.rollout_engine!r}")
     parse_rules(cfg.eval_rules)
@@ -437,6 +494,8 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         eval_fn=lambda m: rl_evaluate(policy_of(m), tok, cfg),
         out_dir=cfg.out_dir,
     )
+    if tr.accelerator.num_processes > 1:
+        _check_data_parallel(cfg, tr.accelerator.num_processes)
     if ref is not None:
         ref.to(tr.device)
     tr.state["flops"] = 0.0  # a resumed run reads its count from the checkpoint

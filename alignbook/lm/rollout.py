@@ -4,18 +4,20 @@
 
 # %% ../../nbs/30_rollout.ipynb #48d493d6
 from __future__ import annotations
+import random
 from dataclasses import dataclass, field
 from typing import Sequence
 import torch
 from .logps import sequence_logps
 from . import gpoints
 from ..data import collate_sft
+from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 from ..models import generation_config, own_generation
 from ..dryrun import dry_runnable
 
 # %% auto #0
-__all__ = ['render_prompt_ids', 'Samples', 'sample_completions', 'pack_batch', 'completion_token_logps', 'Episode',
-           'play_gpoints', 'evaluate_policy', 'check_pack_batch']
+__all__ = ['SEEDINGS', 'render_prompt_ids', 'RowSampler', 'Samples', 'sample_completions', 'pack_batch', 'completion_token_logps',
+           'episode_seed', 'Episode', 'play_gpoints', 'evaluate_policy', 'check_pack_batch']
 
 # %% ../../nbs/30_rollout.ipynb #ce80b15e
 def render_prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
@@ -35,6 +37,35 @@ def render_prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
     return out
 
 # %% ../../nbs/30_rollout.ipynb #668ecf21
+class RowSampler(LogitsProcessor):
+    "Sample every row from its own seeded generator (Gumbel-max): a row's tokens never depend on its batch."
+
+    def __init__(self, seeds: Sequence[int], temperature: float = 1.0, top_p: float = 1.0, device=None):
+        self.gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1 else None
+
+    def __call__(self, input_ids, scores):
+        if scores.shape[0] != len(self.gens):
+            raise ValueError(f"{scores.shape[0]} rows but {len(self.gens)} row seeds")
+        scores = scores / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        V, dev = scores.shape[1], scores.device
+        u = torch.stack([torch.rand(V, generator=g, device=dev) for g in self.gens])
+        gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+        return scores + gumbel  # argmax of logits/T + Gumbel noise is a sample of softmax(logits/T)
+
+
+def _check_row_seeds(row_seeds, n_rows: int, temperature: float):
+    if row_seeds is None:
+        return
+    if len(row_seeds) != n_rows:
+        raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {n_rows} rows (prompts × n): one per row")
+    if temperature <= 0:
+        raise ValueError("row_seeds needs temperature > 0: greedy decoding draws nothing")
+
+
 @dataclass
 class Samples:
     "Sampled completions: prompt ids, completion ids (with EOS if produced), decoded text, truncation flags."
@@ -60,11 +91,12 @@ def sample_completions(
     top_p: float = 1.0,
     seed: int | None = None,
     batch_size: int = 64,
+    row_seeds: Sequence[int] | None = None,
 ) -> Samples:
     "Sample `n` completions per prompt (prompt-major) with HF `generate`, alignbook's settings; T=0: greedy."
     if hasattr(model, "sample_completions"):  # an inference engine (alignbook.lm.engine.VLLMEngine)
         return model.sample_completions(
-            tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size
+            tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size, row_seeds
         )
     if n < 1:
         raise ValueError(f"n (completions per prompt) must be >= 1, got {n}")
@@ -76,20 +108,26 @@ def sample_completions(
         raise ValueError("tokenizer has no pad token: set tokenizer.pad_token (e.g. to the eos token)")
     eos = tokenizer.eos_token_id
     pids = [ids for ids in render_prompt_ids(tokenizer, prompts) for _ in range(n)]
+    _check_row_seeds(row_seeds, len(pids), temperature)
     if seed is not None:
         torch.manual_seed(seed)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
     comp, trunc = [], []
-    gen_cfg = generation_config(tokenizer, max_new_tokens, temperature, top_p)
+    gen_cfg = generation_config(tokenizer, max_new_tokens, 0.0 if row_seeds else temperature, top_p)
     for s in range(0, len(pids), batch_size):
         chunk = pids[s : s + batch_size]
         W = max(map(len, chunk))
         ids = torch.tensor([[tokenizer.pad_token_id] * (W - len(p)) + p for p in chunk], device=dev)
         att = torch.tensor([[0] * (W - len(p)) + [1] * len(p) for p in chunk], device=dev)
+        rows = None if row_seeds is None else row_seeds[s : s + batch_size]
+        procs = LogitsProcessorList([RowSampler(rows, temperature, top_p, dev)] if rows else [])
         with own_generation(model, gen_cfg):  # nothing stored with the checkpoint leaks into sampling
-            out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen_cfg)[:, W:].tolist()
+            out = model.generate(
+                input_ids=ids, attention_mask=att, generation_config=gen_cfg, logits_processor=procs
+            )
+            out = out[:, W:].tolist()
         for row in out:
             if eos in row:
                 comp.append(row[: row.index(eos) + 1])
@@ -131,6 +169,14 @@ def completion_token_logps(model, batch: dict, temperature: float = 1.0) -> tupl
     return lp.token_logps, lp.mask
 
 # %% ../../nbs/30_rollout.ipynb #1a8c5f6d
+SEEDINGS = ("round", "episode")
+
+
+def episode_seed(seed: int, episode: int, attempt: int) -> int:
+    "The sampling seed of one turn: a function of the round's seed, the episode's index and the attempt only."
+    return random.Random(f"alignbook-episode-{seed}-{episode}-{attempt}").getrandbits(63)
+
+
 @dataclass
 class Episode:
     "One GeneralPoints episode: hand, turns (prompt/completion ids, text, reward, message), success, return."
@@ -154,25 +200,35 @@ def play_gpoints(
     seed: int | None = None,
     batch_size: int = 64,
     history: str = "full",
+    seeding: str = "round",
+    first_episode: int = 0,
 ) -> tuple[list[Episode], dict]:
     "Play `group_size` episodes per hand (prompt-major), ≤ `max_attempts` turns each → (episodes, summary)."
     if history not in ("full", "last"):
         raise ValueError(f"history must be 'full' or 'last', got {history!r}")
+    if seeding not in SEEDINGS:
+        raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
+    per_episode = seeding == "episode" and temperature > 0
+    if per_episode and seed is None:
+        raise ValueError("seeding='episode' needs a seed: each episode's stream is derived from it")
     hands = [h for h in hands for _ in range(group_size)]
     calls = []
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def respond(convs):
+    def respond(convs, ids):
         sd = None if gen is None else int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        rows = None
+        if per_episode:  # episode i's turn a: a seed of its own, wherever and with whom it is played
+            rows = [episode_seed(seed, first_episode + i, len(calls) + 1) for i in ids]
         if history == "last":
             convs = [c[:1] + c[-2:] if len(c) > 3 else c for c in convs]
         smp = sample_completions(
-            model, tokenizer, convs, 1, max_new_tokens, temperature, top_p, sd, batch_size
+            model, tokenizer, convs, 1, max_new_tokens, temperature, top_p, sd, batch_size, rows
         )
         calls.append(smp)
         return smp.texts
 
-    res = gpoints.evaluate(respond, hands, max_attempts=max_attempts, style=style)
+    res = gpoints.evaluate(respond, hands, max_attempts=max_attempts, style=style, with_ids=True)
     eps = [Episode(h, success=r["success"], ret=r["return"]) for h, r in zip(hands, res["records"])]
     for a, smp in enumerate(calls, start=1):
         active = [i for i, r in enumerate(res["records"]) if r["attempts"] >= a]
