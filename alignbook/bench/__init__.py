@@ -4,7 +4,7 @@
 
 # %% ../../nbs/92_bench.ipynb #3398751a
 from __future__ import annotations
-import subprocess, sys, json, time
+import os, subprocess, sys, json, time
 import torch
 
 # %% auto #0
@@ -77,7 +77,8 @@ def step_timer(times: list):
 def spawn_arm(module: str, fn: str, arm: str, spec: dict) -> dict:
     "Run `module.fn(arm, spec) -> dict` in a fresh Python process and return its result."
     code = f"import json; from {module} import {fn}; print('@@' + json.dumps({fn}({arm!r}, {spec!r})))"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ}  # freed tensors leave the resident set
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     marked = [s for s in p.stdout.splitlines() if s.startswith("@@")]
     if p.returncode or not marked:
         raise RuntimeError(f"benchmark arm {arm!r} failed:\n{p.stderr[-3000:]}")

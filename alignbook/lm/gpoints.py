@@ -135,9 +135,22 @@ def _parts(key):
             yield left, right
 
 
-@functools.lru_cache(maxsize=200_000)
 def _reach_one(key: tuple[int, ...]) -> dict:
     "value -> (one formula, precedence) for every value reachable using all of `key` (sorted)."
+    return _reach_part(key) if len(key) <= 3 else _reach_hand(key)
+
+
+@functools.lru_cache(maxsize=None)  # parts of a hand: a few hundred keys, small tables
+def _reach_part(key: tuple[int, ...]) -> dict:
+    return _reach_one_uncached(key)
+
+
+@functools.lru_cache(maxsize=32)  # whole hands: ~100 KB a table, so only the recent ones are kept
+def _reach_hand(key: tuple[int, ...]) -> dict:
+    return _reach_one_uncached(key)
+
+
+def _reach_one_uncached(key: tuple[int, ...]) -> dict:
     if len(key) == 1:
         return {Fraction(key[0]): (str(key[0]), _ATOM)}
     out = {}
@@ -188,7 +201,12 @@ def solve(numbers: Sequence[int], target: int = 24, all_solutions: bool = False)
 
 def is_solvable(numbers: Sequence[int], target: int = 24) -> bool:
     "Whether some formula over `numbers` equals `target`."
-    return Fraction(target) in _reach_one(_key(numbers))
+    return _solvable(_key(numbers), Fraction(target))
+
+
+@functools.lru_cache(maxsize=None)  # one bit a hand: dealing hands never rebuilds a table
+def _solvable(key: tuple[int, ...], target: Fraction) -> bool:
+    return target in _reach_one(key)
 
 # %% ../../nbs/01_gpoints.ipynb #cd465ede
 def sample_hand(

@@ -48,7 +48,7 @@ RL_COMMON_TOY = dict(
     max_grad_norm=1.0,
     log_every=1,
     eval_every=10,  # rounds between greedy evaluations
-    eval_size=64,
+    eval_size=64,  # hands per rule; 0: no evaluation at all (not even at the end)
     save_every=0,  # rounds between checkpoints (checkpoints fall on rollout boundaries only)
     hands_per_step=8,  # prompts per round
     group_size=8,  # episodes per prompt: the group is GRPO's and RLOO's baseline
@@ -491,7 +491,7 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         cfg.replace(max_steps=cfg.max_steps * cfg.num_iterations * cfg.num_minibatches),  # optimiser steps
         loss_fn=rl_loss_fn(cfg, algo),
         make_batch=GPointsRollouts(tok, cfg, algo, ref, n_params, make_engine(cfg)),
-        eval_fn=lambda m: rl_evaluate(policy_of(m), tok, cfg),
+        eval_fn=(lambda m: rl_evaluate(policy_of(m), tok, cfg)) if cfg.eval_size else None,
         out_dir=cfg.out_dir,
     )
     if tr.accelerator.num_processes > 1:
