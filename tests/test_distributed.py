@@ -1,5 +1,6 @@
 """Data parallelism on CPU (gloo): N processes give the losses and weights of one process at the same global
-batch, for SFT, DPO, GRPO and Diffusion-DPO, launched by `alignbook train --num-processes` (issue 14).
+batch, for SFT, DPO, GRPO, PPO and Diffusion-DPO (RL rounds split across processes), launched by
+`alignbook train --num-processes` (issue 14).
 Each pair of runs takes 30–90 s on two cores: they run with ALIGNBOOK_SLOW=1, the launcher checks always."""
 
 import json, os, subprocess, sys
@@ -139,12 +140,16 @@ def test_two_processes_match_one(objective, tmp_path):
 
 
 @SLOW
-def test_two_process_resume(tmp_path):
-    "A 2-process run stopped at step 2 and resumed to 4 equals one run to 4 (checkpoint by one, read by all)."
+@pytest.mark.parametrize("objective", ["sft", "grpo"])
+def test_two_process_resume(objective, tmp_path):
+    "A 2-process run stopped halfway and resumed equals one straight run (checkpoint by one, read by all)."
     base = ["batch_size=8", "eval_size=0"]
-    train("sft", tmp_path / "straight", 2, "max_steps=4", *base, port=29631)
-    train("sft", tmp_path / "resumed", 2, "max_steps=2", *base, port=29632)
-    r = train("sft", tmp_path / "resumed", 2, "max_steps=4", *base, port=29633)
+    if objective == "grpo":  # rounds; each process plays half of every round, before and after the resume
+        base += ["hands_per_step=4", "group_size=4", *SHARDED]
+    port = 29631 if objective == "sft" else 29636
+    train(objective, tmp_path / "straight", 2, "max_steps=4", *base, port=port)
+    train(objective, tmp_path / "resumed", 2, "max_steps=2", *base, port=port + 1)
+    r = train(objective, tmp_path / "resumed", 2, "max_steps=4", *base, port=port + 2)
     assert "resum" in r.stderr.lower() or (tmp_path / "resumed" / "checkpoint-4").is_dir()
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 

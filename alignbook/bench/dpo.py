@@ -42,14 +42,19 @@ def run_arm(arm: str, spec: dict) -> dict:
         model = add_lora(model, r=8, alpha=16)
     model.to(dev)
     ds = gpoints_preferences(spec["n"], seed=0).select_columns(["prompt", "chosen", "rejected"])
+    from trl import DPOConfig, DPOTrainer  # every arm imports both libraries before the baseline
+    from alignbook.train import Trainer
+    from alignbook.data import tokenize_preference, collate_preference, collate_shared_prompt
+    from alignbook.lm.reference import make_reference, precompute_reference, PrecomputedReference
+    from alignbook.lm.prefloss import paired_loss_fn
+
+    get_config("dpo")  # the first call imports every chapter's module (the registry): not the arm's memory
     mem = PeakMemory(cuda).start()
     tc = TokenCount()  # FLOPs of every forward (2·N a token) and backward (4·N)
     with tc:
         steps, warm = spec["steps"], spec["warmup"]
         times, extra = [], {}
         if arm == "trl":
-            from trl import DPOConfig, DPOTrainer
-
             args = DPOConfig(
                 output_dir=tempfile.mkdtemp(),
                 per_device_train_batch_size=spec["batch"],
@@ -82,11 +87,6 @@ def run_arm(arm: str, spec: dict) -> dict:
             tr.train()
             times = times[warm:]
         else:
-            from alignbook.train import Trainer
-            from alignbook.data import tokenize_preference, collate_preference
-            from alignbook.lm.reference import make_reference, precompute_reference, PrecomputedReference
-            from alignbook.lm.prefloss import paired_loss_fn
-
             c = get_config(
                 "dpo",
                 "toy",
@@ -111,8 +111,6 @@ def run_arm(arm: str, spec: dict) -> dict:
                 "lora_copy": "copy",
             }[arm]
             if arm == "ours_shared":  # one forward row per pair: prompt + chosen + rejected (4-D mask)
-                from alignbook.data import collate_shared_prompt
-
                 collate = lambda rs: collate_shared_prompt(rs, tok.pad_token_id)
             model.config.use_cache = False  # as TRL does in training: no KV cache objects during the forward
             ref = make_reference(kind, model)

@@ -26,6 +26,8 @@ def _bench_side(side: str, spec: dict) -> dict:
     cuda = torch.cuda.is_available()
     from trl import GRPOConfig, GRPOTrainer  # both sides import the same libraries before the baseline
 
+    get_config("grpo")  # the first call imports every chapter's module (the registry): not the arm's memory
+
     mem = PeakMemory(cuda).start()
     tc = TokenCount()  # FLOPs of every forward (2·N a token) and backward (4·N)
     with tc:
