@@ -934,7 +934,7 @@ def _rollout_step(self) -> dict:
             for k, v in {"loss": loss, **m}.items():
                 sums[k] = sums.get(k, 0.0) + _item(v) / len(updates)
         norms.append(self.optimizer_step())
-    if shards:  # each process holds its share of the loss and of every statistic
+    if shards and sums:  # each process holds its share of the loss and of every statistic
         keys = sorted(sums)
         red = acc.reduce(torch.tensor([sums[k] for k in keys], device=self.device), reduction="sum")
         sums = dict(zip(keys, red.tolist()))

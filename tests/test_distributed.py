@@ -28,6 +28,8 @@ RUNS = {
     "grpo": ["max_steps=2", "batch_size=8", "hands_per_step=4", "group_size=4", "eval_size=4", *SHARDED],
     "ppo": ["max_steps=2", "batch_size=8", "hands_per_step=4", "group_size=4", "eval_size=4", *SHARDED]
     + ["max_attempts=2"],  # PPO's credit across turns
+    "online-dpo": ["max_steps=2", "batch_size=4", "hands_per_step=4", "group_size=4", "eval_size=4"]
+    + SHARDED[:1],  # online DPO's pairs split across processes
     "diffusion-dpo": ["max_steps=3", "batch_size=8", "eval_size=20", "beta=250"],
 }
 
@@ -137,6 +139,20 @@ def test_two_processes_match_one(objective, tmp_path):
         rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
         played = [r["episodes_per_process"] for r in rows if "episodes_per_process" in r]
         assert played == [8, 8], played
+
+
+@SLOW
+def test_two_processes_match_one_in_distillation(tmp_path):
+    "On-policy distillation splits its rounds too: each process has the teacher score its share of the turns."
+    from alignbook.models import toy_model, toy_tokenizer
+
+    teacher = toy_model(toy_tokenizer(), num_hidden_layers=1, hidden_size=32, intermediate_size=64, seed=1)
+    teacher.save_pretrained(tmp_path / "t")
+    run = ["max_steps=2", "batch_size=4", "hands_per_step=4", "eval_size=4", *SHARDED[:1]]
+    run += [f"teacher={tmp_path / 't'}"]
+    train("distill", tmp_path / "one", 1, *run)
+    train("distill", tmp_path / "two", 2, *run, port=29645)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
 @SLOW

@@ -155,15 +155,15 @@ def test_row_sampler_draws_from_softmax_at_temperature():
 
 
 def test_data_parallel_rl_refuses_what_it_cannot_split():
-    from alignbook.lm.rltrain import _check_cfg, _check_data_parallel, _check_shardable
+    from alignbook.lm.rltrain import _check_cfg, check_data_parallel, _check_shardable
 
     toy, gpu = get_config("grpo"), get_config("grpo", "gpu")
     assert (toy.rollout_seeding, gpu.rollout_seeding) == ("round", "episode")
     with pytest.raises(ValueError, match="set rollout_seeding=episode"):
-        _check_data_parallel(toy, 2)
-    _check_data_parallel(toy.replace(rollout_seeding="episode"), 2)
+        check_data_parallel(toy, 2)
+    check_data_parallel(toy.replace(rollout_seeding="episode"), 2)
     with pytest.raises(ValueError, match="hands_per_step=2 is fewer than the 4 processes"):
-        _check_data_parallel(toy.replace(rollout_seeding="episode", hands_per_step=2), 4)
+        check_data_parallel(toy.replace(rollout_seeding="episode", hands_per_step=2), 4)
     with pytest.raises(ValueError, match="an update has 3 rows for 4 processes"):
         _check_shardable([[1] * 5, [1] * 3], 4)
     with pytest.raises(ValueError, match="rollout_seeding must be one of"):
@@ -202,3 +202,16 @@ def test_vllm_engine_gives_each_row_its_seed(monkeypatch):
     sent.clear()
     engine.sample_completions(tok, ["ab", "cd"], n=2, temperature=1.0, seed=3)
     assert [(kw["seed"], kw["n"]) for _, kw in sent] == [(3, 2), (4, 2)]  # a seed per prompt otherwise
+
+
+@pytest.mark.parametrize("n,world", [(8, 2), (7, 3), (2, 4), (0, 2)])
+def test_shares_cover_a_round_once(n, world):
+    "Shares of a round are contiguous, in order, cover it once, and number episodes as one process would."
+    from alignbook.lm.rltrain import hand_share, share
+
+    xs = list(range(n))
+    parts = [share(xs, k, world) for k in range(world)]
+    assert sum(parts, []) == xs
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    firsts = [hand_share(xs, 3, k, world)[1] for k in range(world)]
+    assert firsts == [3 * sum(len(p) for p in parts[:k]) for k in range(world)]

@@ -14,7 +14,16 @@ from ..results import TrainResult
 from . import gpoints
 from .rollout import play_gpoints, pack_batch
 from .rleval import rl_evaluate
-from .rltrain import RL_COMMON_TOY, RL_COMMON_GPU, training_hand, estimate_flops
+from alignbook.lm.rltrain import (
+    RL_COMMON_TOY,
+    RL_COMMON_GPU,
+    training_hand,
+    estimate_flops,
+    share,
+    hand_share,
+    gather_round,
+    check_data_parallel,
+)
 from ..dryrun import dry_runnable
 
 # %% auto #0
@@ -72,19 +81,29 @@ DISTILL_GPU = dict(RL_COMMON_GPU, group_size=1, hands_per_step=32)
 class DistillRollouts:
     "The Trainer's `make_batch` for on-policy distillation: the student plays one episode per training hand."
 
+    shards_rollouts = True  # under data parallelism each process plays, and trains on, its share of a round
+
     def __init__(self, tokenizer, cfg, n_params: int = 0):
         self.tok, self.cfg, self.n_params = tokenizer, cfg, n_params
         self.rule = gpoints.ID_RULE if cfg.train_rule == "id" else gpoints.OOD_RULE
 
+    def _pack(self, chunk: list[dict], trainer) -> dict:
+        b = pack_batch(
+            [r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk], self.tok.pad_token_id
+        )
+        return {k: v.to(trainer.device) for k, v in b.items()}
+
     def __call__(self, trainer):
         cfg = self.cfg
+        rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
         rnd = trainer.state.get("round", 0)
         rng = random.Random(f"alignbook-distill-{cfg.seed}-{rnd}")
         hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
-        episodes, summary = play_gpoints(
+        mine, first = hand_share(hands, cfg.group_size, rank, world)
+        episodes, _ = play_gpoints(
             trainer.unwrapped,
             self.tok,
-            hands,
+            mine,
             cfg.group_size,
             cfg.max_attempts,
             cfg.style,
@@ -95,25 +114,27 @@ class DistillRollouts:
             batch_size=cfg.gen_batch_size,
             history=cfg.history,
             seeding=cfg.rollout_seeding,
+            first_episode=first,
         )
+        episodes = gather_round(episodes, world)
         rows = [t for e in episodes for t in e.turns]
         n_tok = sum(len(r["completion_ids"]) for r in rows)
+        here = share(rows, rank, world)
         micro = []
-        for s in range(0, len(rows), cfg.batch_size):
-            chunk = rows[s : s + cfg.batch_size]
-            b = pack_batch(
-                [r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk], self.tok.pad_token_id
-            )
-            b = {k: v.to(trainer.device) for k, v in b.items()}
+        for s in range(0, len(here), cfg.batch_size):
+            chunk = here[s : s + cfg.batch_size]
+            b = self._pack(chunk, trainer)
             b["weight"] = sum(len(r["completion_ids"]) for r in chunk) / n_tok
             micro.append(b)
+        if not micro:  # fewer turns than processes: a pass at weight 0 keeps this one in step
+            micro = [{**self._pack(rows[:1], trainer), "weight": 0.0}]
         n_all = sum(len(r["prompt_ids"]) + len(r["completion_ids"]) for r in rows)
         trainer.state["flops"] = trainer.state.get("flops", 0.0) + estimate_flops(
             self.n_params, n_all, 2 * n_all
         )
         metrics = {
             "reward": sum(e.ret for e in episodes) / len(episodes),
-            "success": summary["success_rate"],
+            "success": sum(e.success for e in episodes) / len(episodes),
             "completion_len": n_tok / len(rows),
         }
         return [micro], metrics
@@ -160,6 +181,8 @@ def train_distill(cfg, progress: bool = True) -> TrainResult:
         eval_fn=lambda m: rl_evaluate(m, tok, cfg),
         out_dir=cfg.out_dir,
     )
+    if tr.accelerator.num_processes > 1:
+        check_data_parallel(cfg, tr.accelerator.num_processes)
     teacher.to(tr.device)
     tr.state["flops"] = 0.0
     tr.fit_rollouts(cfg.max_steps, progress=progress)

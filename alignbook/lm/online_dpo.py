@@ -15,7 +15,16 @@ from . import gpoints
 from .dpo import dpo_loss
 from .rollout import play_gpoints, pack_batch, completion_token_logps
 from .rleval import rl_evaluate
-from .rltrain import RL_COMMON_TOY, RL_COMMON_GPU, training_hand, estimate_flops
+from alignbook.lm.rltrain import (
+    RL_COMMON_TOY,
+    RL_COMMON_GPU,
+    training_hand,
+    estimate_flops,
+    share,
+    hand_share,
+    gather_round,
+    check_data_parallel,
+)
 from ..dryrun import dry_runnable
 
 # %% auto #0
@@ -48,6 +57,8 @@ ONLINE_DPO_GPU = dict(RL_COMMON_GPU, beta=0.1, group_size=2, max_attempts=1)
 class OnlineDPORollouts:
     "The Trainer's `make_batch` for online DPO: sample, judge with the verifier, pack the pairs."
 
+    shards_rollouts = True  # under data parallelism each process plays, and trains on, its share of a round
+
     def __init__(self, tokenizer, cfg, ref=None, n_params: int = 0):
         self.tok, self.cfg, self.ref, self.n_params = tokenizer, cfg, ref, n_params
         self.rule = gpoints.ID_RULE if cfg.train_rule == "id" else gpoints.OOD_RULE
@@ -66,13 +77,15 @@ class OnlineDPORollouts:
 
     def __call__(self, trainer):
         cfg = self.cfg
+        rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
         rnd = trainer.state.get("round", 0)
         rng = random.Random(f"alignbook-online-dpo-{cfg.seed}-{rnd}")
         hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
-        episodes, summary = play_gpoints(
+        mine, first = hand_share(hands, cfg.group_size, rank, world)
+        episodes, _ = play_gpoints(
             trainer.unwrapped,
             self.tok,
-            hands,
+            mine,
             cfg.group_size,
             1,
             cfg.style,
@@ -83,12 +96,17 @@ class OnlineDPORollouts:
             batch_size=cfg.gen_batch_size,
             history=cfg.history,
             seeding=cfg.rollout_seeding,
+            first_episode=first,
         )
+        episodes = gather_round(episodes, world)
         pairs = verifier_pairs(episodes, cfg.group_size)
+        here = share(pairs, rank, world)
         micro = [
-            self.micro_batch(trainer, pairs[s : s + cfg.batch_size], len(pairs))
-            for s in range(0, len(pairs), cfg.batch_size)
+            self.micro_batch(trainer, here[s : s + cfg.batch_size], len(pairs))
+            for s in range(0, len(here), cfg.batch_size)
         ]
+        if pairs and not here:  # fewer pairs than processes: a pass at weight 0 keeps this one in step
+            micro = [{**self.micro_batch(trainer, pairs[:1], len(pairs)), "weight": 0.0}]
         n_all = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for e in episodes for t in e.turns)
         n_pair = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for p in pairs for t in p)
         trainer.state["flops"] = trainer.state.get("flops", 0.0) + estimate_flops(
@@ -96,7 +114,7 @@ class OnlineDPORollouts:
         )
         metrics = {
             "reward": sum(e.ret for e in episodes) / len(episodes),
-            "success": summary["success_rate"],
+            "success": sum(e.success for e in episodes) / len(episodes),
             "pairs": len(pairs),
         }
         return ([micro] if micro else []), metrics
@@ -135,6 +153,8 @@ def train_online_dpo(cfg, progress: bool = True) -> TrainResult:
         eval_fn=lambda m: rl_evaluate(m, tok, cfg),
         out_dir=cfg.out_dir,
     )
+    if tr.accelerator.num_processes > 1:
+        check_data_parallel(cfg, tr.accelerator.num_processes)
     ref.to(tr.device)
     tr.state["flops"] = 0.0
     tr.fit_rollouts(cfg.max_steps, progress=progress)

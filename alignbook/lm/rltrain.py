@@ -34,8 +34,8 @@ from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['RL_COMMON_TOY', 'RL_COMMON_GPU', 'ALGOS', 'BASE_ALGO', 'episode_rows', 'episode_advantages', 'PolicyWithValue',
-           'policy_of', 'estimate_flops', 'training_hand', 'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl',
-           'check_terminal_rewards']
+           'policy_of', 'estimate_flops', 'training_hand', 'share', 'hand_share', 'gather_round', 'check_data_parallel',
+           'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl', 'check_terminal_rewards']
 
 # %% ../../nbs/31_rl.ipynb #dad91fba
 RL_COMMON_TOY = dict(
@@ -236,7 +236,25 @@ def _check_shardable(updates: list[list], world: int):
         )
 
 
-def _check_data_parallel(cfg, world: int):
+def share(xs: list, rank: int, world: int) -> list:
+    "Process `rank`'s contiguous part of `xs` among `world` (sizes differ by at most one; may be empty)."
+    q, r = divmod(len(xs), world)
+    start = rank * q + min(rank, r)
+    return xs[start : start + q + (rank < r)]
+
+
+def hand_share(hands: list, group_size: int, rank: int, world: int) -> tuple[list, int]:
+    "Process `rank`'s share of a round's hands, and the round index of its first episode."
+    before = sum(len(share(hands, k, world)) for k in range(rank))
+    return share(hands, rank, world), before * group_size
+
+
+def gather_round(episodes: list, world: int) -> list:
+    "Every process's episodes, in round order (on one process: as they are)."
+    return gather_object(episodes) if world > 1 else episodes
+
+
+def check_data_parallel(cfg, world: int):
     "A round can be split across `world` processes only with a sampling stream per episode."
     if cfg.rollout_seeding != "episode":
         raise ValueError(
@@ -291,12 +309,11 @@ class GPointsRollouts:
         cfg = self.cfg
         rng = random.Random(f"alignbook-rl-{cfg.seed}-{rnd}")
         hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
-        parts = _split(hands, world)
-        first = sum(len(p) for p in parts[:rank]) * cfg.group_size  # its first episode's index in the round
+        mine, first = hand_share(hands, cfg.group_size, rank, world)
         return play_gpoints(
             policy if self.engine is None else self.engine.sync(policy),
             self.tok,
-            parts[rank],
+            mine,
             cfg.group_size,
             cfg.max_attempts,
             cfg.style,
@@ -357,8 +374,7 @@ class GPointsRollouts:
         rnd = trainer.state.get("round", 0)
         episodes, _ = self.play(policy_of(trainer.unwrapped), rnd, rank, world)
         played_here = len(episodes)
-        if world > 1:  # every process gets the whole round, in episode order
-            episodes = gather_object(episodes)
+        episodes = gather_round(episodes, world)  # every process gets the whole round, in episode order
         rows = episode_rows(episodes, cfg.gamma)
         returns = torch.tensor([e.ret for e in episodes])
         if algo != "ppo":
@@ -371,7 +387,7 @@ class GPointsRollouts:
         passes = [  # this process's part of each update; its weights are shares of the whole update
             [
                 self.micro_batch(trainer, c, mb, off_policy)
-                for c in _chunks(_split(mb, world)[rank], cfg.batch_size)
+                for c in _chunks(share(mb, rank, world), cfg.batch_size)
             ]
             for mb in minibatches
         ]
@@ -495,7 +511,7 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         out_dir=cfg.out_dir,
     )
     if tr.accelerator.num_processes > 1:
-        _check_data_parallel(cfg, tr.accelerator.num_processes)
+        check_data_parallel(cfg, tr.accelerator.num_processes)
     if ref is not None:
         ref.to(tr.device)
     tr.state["flops"] = 0.0  # a resumed run reads its count from the checkpoint
