@@ -30,6 +30,8 @@ RUNS = {
     + ["max_attempts=2"],  # PPO's credit across turns
     "online-dpo": ["max_steps=2", "batch_size=4", "hands_per_step=4", "group_size=4", "eval_size=4"]
     + SHARDED[:1],  # online DPO's pairs split across processes
+    "rewriter": ["max_steps=2", "problems_per_step=4", "group_size=2", "batch_size=4", "n_train=16"]
+    + ["max_new_tokens=32", *SHARDED[:1]],  # the rewriting agent's problems split across processes
     "diffusion-dpo": ["max_steps=3", "batch_size=8", "eval_size=20", "beta=250"],
 }
 

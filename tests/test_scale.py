@@ -155,15 +155,15 @@ def test_row_sampler_draws_from_softmax_at_temperature():
 
 
 def test_data_parallel_rl_refuses_what_it_cannot_split():
-    from alignbook.lm.rltrain import _check_cfg, check_data_parallel, _check_shardable
+    from alignbook.lm.rltrain import _check_cfg, validate_data_parallel, _check_shardable
 
     toy, gpu = get_config("grpo"), get_config("grpo", "gpu")
     assert (toy.rollout_seeding, gpu.rollout_seeding) == ("round", "episode")
     with pytest.raises(ValueError, match="set rollout_seeding=episode"):
-        check_data_parallel(toy, 2)
-    check_data_parallel(toy.replace(rollout_seeding="episode"), 2)
-    with pytest.raises(ValueError, match="hands_per_step=2 is fewer than the 4 processes"):
-        check_data_parallel(toy.replace(rollout_seeding="episode", hands_per_step=2), 4)
+        validate_data_parallel(toy, 2)
+    validate_data_parallel(toy.replace(rollout_seeding="episode"), 2)
+    with pytest.raises(ValueError, match="hands_per_step=2 is fewer than the 4 processes: each plays"):
+        validate_data_parallel(toy.replace(rollout_seeding="episode", hands_per_step=2), 4)
     with pytest.raises(ValueError, match="an update has 3 rows for 4 processes"):
         _check_shardable([[1] * 5, [1] * 3], 4)
     with pytest.raises(ValueError, match="rollout_seeding must be one of"):

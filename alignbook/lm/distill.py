@@ -22,7 +22,7 @@ from alignbook.lm.rltrain import (
     share,
     hand_share,
     gather_round,
-    check_data_parallel,
+    validate_data_parallel,
 )
 from ..dryrun import dry_runnable
 
@@ -182,7 +182,7 @@ def train_distill(cfg, progress: bool = True) -> TrainResult:
         out_dir=cfg.out_dir,
     )
     if tr.accelerator.num_processes > 1:
-        check_data_parallel(cfg, tr.accelerator.num_processes)
+        validate_data_parallel(cfg, tr.accelerator.num_processes)
     teacher.to(tr.device)
     tr.state["flops"] = 0.0
     tr.fit_rollouts(cfg.max_steps, progress=progress)

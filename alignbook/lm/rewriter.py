@@ -13,9 +13,16 @@ from ..models import TOY_BASE, load_policy, count_params
 from ..train import Trainer, set_seed
 from ..results import TrainResult
 from .reference import make_reference
-from .rollout import sample_completions, pack_batch, completion_token_logps
+from .rollout import sample_completions, pack_batch, completion_token_logps, episode_seed
 from .pg import grpo_advantages
-from .rltrain import rl_loss_fn, chunk_weight
+from alignbook.lm.rltrain import (
+    rl_loss_fn,
+    chunk_weight,
+    share,
+    hand_share,
+    gather_round,
+    validate_data_parallel,
+)
 from . import skills
 from alignbook.lm.rewrite import (
     QA_FORMATS,
@@ -69,6 +76,11 @@ def rewriter_records(cfg) -> list[dict]:
 
 class RewriteRollouts:
     "The Trainer's `make_batch` for the rewriting policy: K rewrites a problem, gated, scored, GRPO rows."
+
+    shards_rollouts = (
+        True  # under data parallelism each process rewrites, and trains on, its share of a round
+    )
+    SCORES = ("ok", "nll", "rewards", "r_dist", "r_div")
 
     def __init__(self, tokenizer, cfg, records, ref, verify, prompt_fn=rewrite_request):
         self.tok, self.cfg, self.records, self.ref, self.verify = tokenizer, cfg, records, ref, verify
@@ -124,27 +136,39 @@ class RewriteRollouts:
         rnd = trainer.state.get("round", 0)
         rng = random.Random(f"alignbook-rewriter-{cfg.seed}-{rnd}")  # exact resume: the round fixes the draw
         recs = rng.sample(self.records, min(cfg.problems_per_step, len(self.records)))
+        rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
+        mine, first = hand_share(recs, K, rank, world)  # this process's problems, its first row's index
+        seed = cfg.seed * 1_000_003 + rnd
+        row_seeds = None
+        if cfg.get("rollout_seeding", "round") == "episode":  # each rewrite its own stream
+            row_seeds = [episode_seed(seed, first + j, 1) for j in range(len(mine) * K)]
         policy = trainer.unwrapped
         smp = sample_completions(
             policy,
             self.tok,
-            [self.prompt_fn(r) for r in recs],
+            [self.prompt_fn(r) for r in mine],
             K,
             cfg.max_new_tokens,
             cfg.temperature,
             cfg.top_p,
-            seed=cfg.seed * 1_000_003 + rnd,
+            seed=seed,
             batch_size=cfg.gen_batch_size,
+            row_seeds=row_seeds,
         )
-        s = self.score(policy, recs, smp.texts, smp.truncated)
-        adv = grpo_advantages(s["rewards"], K, cfg.scale_rewards)
+        s = self.score(policy, mine, smp.texts, smp.truncated)
         rows = [
-            dict(prompt_ids=p, completion_ids=c, adv=float(a))
-            for p, c, a in zip(smp.prompt_ids, smp.completion_ids, adv)
+            dict(prompt_ids=p, completion_ids=c, **{k: float(s[k][j]) for k in self.SCORES})
+            for j, (p, c) in enumerate(zip(smp.prompt_ids, smp.completion_ids))
         ]
+        rows = gather_round(rows, world)  # every process: the whole round, in problem order
+        s = {k: torch.tensor([r[k] for r in rows]) for k in self.SCORES}
+        adv = grpo_advantages(s["rewards"], K, cfg.scale_rewards)
+        for r, a in zip(rows, adv):
+            r["adv"] = float(a)
+        here = share(rows, rank, world)
         micro = [
-            self.micro_batch(trainer, rows[i : i + cfg.batch_size], rows)
-            for i in range(0, len(rows), cfg.batch_size)
+            self.micro_batch(trainer, here[i : i + cfg.batch_size], rows)
+            for i in range(0, len(here), cfg.batch_size)
         ]
         feas = s["ok"].bool()
         metrics = {
@@ -212,6 +236,7 @@ REWRITER_TOY = dict(
     save_every=0,
     warmup_steps=0,
     scheduler="constant",
+    rollout_seeding="round",  # "episode": a stream per rewrite, so a round can be split across processes
 )
 REWRITER_GPU = dict(
     model="Qwen/Qwen2.5-1.5B-Instruct",
@@ -237,6 +262,7 @@ REWRITER_GPU = dict(
     save_every=50,
     mixed_precision="bf16",
     gradient_checkpointing=True,
+    rollout_seeding="episode",  # rewrites independent of process count and batch: data-parallel rounds
 )
 
 
@@ -273,6 +299,8 @@ def train_rewriter(cfg, progress: bool = True) -> TrainResult:
         eval_fn=(lambda m: evaluate_rewriter(m, tok, held_out, ref, verify, cfg)) if n_eval else None,
         out_dir=cfg.out_dir,
     )
+    if tr.accelerator.num_processes > 1:
+        validate_data_parallel(cfg, tr.accelerator.num_processes, "problems_per_step")
     ref.to(tr.device)
     tr.fit_rollouts(cfg.max_steps, True, progress)
     n_params = count_params(policy, trainable_only=True)

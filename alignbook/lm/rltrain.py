@@ -34,8 +34,9 @@ from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['RL_COMMON_TOY', 'RL_COMMON_GPU', 'ALGOS', 'BASE_ALGO', 'episode_rows', 'episode_advantages', 'PolicyWithValue',
-           'policy_of', 'estimate_flops', 'training_hand', 'share', 'hand_share', 'gather_round', 'check_data_parallel',
-           'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl', 'check_terminal_rewards']
+           'policy_of', 'estimate_flops', 'training_hand', 'share', 'hand_share', 'gather_round',
+           'validate_data_parallel', 'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl',
+           'check_terminal_rewards']
 
 # %% ../../nbs/31_rl.ipynb #dad91fba
 RL_COMMON_TOY = dict(
@@ -254,17 +255,17 @@ def gather_round(episodes: list, world: int) -> list:
     return gather_object(episodes) if world > 1 else episodes
 
 
-def check_data_parallel(cfg, world: int):
+def validate_data_parallel(cfg, world: int, per_round: str = "hands_per_step"):
     "A round can be split across `world` processes only with a sampling stream per episode."
     if cfg.rollout_seeding != "episode":
         raise ValueError(
             f"rollout_seeding={cfg.rollout_seeding!r} draws one random stream per round, which {world} "
             "processes cannot share: set rollout_seeding=episode (the gpu preset's choice)"
         )
-    if cfg.hands_per_step < world:
+    if cfg[per_round] < world:
         raise ValueError(
-            f"hands_per_step={cfg.hands_per_step} is fewer than the {world} processes: "
-            "each plays at least one hand"
+            f"{per_round}={cfg[per_round]} is fewer than the {world} processes: "
+            "each plays at least one of them"
         )
 
 
@@ -511,7 +512,7 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         out_dir=cfg.out_dir,
     )
     if tr.accelerator.num_processes > 1:
-        check_data_parallel(cfg, tr.accelerator.num_processes)
+        validate_data_parallel(cfg, tr.accelerator.num_processes)
     if ref is not None:
         ref.to(tr.device)
     tr.state["flops"] = 0.0  # a resumed run reads its count from the checkpoint
