@@ -168,6 +168,9 @@ def test_data_parallel_rl_refuses_what_it_cannot_split():
         _check_shardable([[1] * 5, [1] * 3], 4)
     with pytest.raises(ValueError, match="rollout_seeding must be one of"):
         _check_cfg(toy.replace(rollout_seeding="hand"), "grpo")
+    for name in ("online-dpo", "distill", "rewriter"):  # every rollout loop refuses an unknown seeding
+        with pytest.raises(ValueError, match="rollout_seeding must be one of"):
+            validate_data_parallel(get_config(name).replace(rollout_seeding="hand"), 1)
 
 
 def test_vllm_engine_gives_each_row_its_seed(monkeypatch):

@@ -12,18 +12,10 @@ from ..models import load_policy, load_causal_lm, count_params
 from ..train import Trainer, set_seed
 from ..results import TrainResult
 from . import gpoints
-from .rollout import play_gpoints, pack_batch
+from .rollout import pack_batch
 from .rleval import rl_evaluate
-from alignbook.lm.rltrain import (
-    RL_COMMON_TOY,
-    RL_COMMON_GPU,
-    training_hand,
-    estimate_flops,
-    share,
-    hand_share,
-    gather_round,
-    validate_data_parallel,
-)
+from .rltrain import RL_COMMON_TOY, RL_COMMON_GPU, training_hand, estimate_flops
+from .rltrain import share, play_share, gather_round, validate_data_parallel
 from ..dryrun import dry_runnable
 
 # %% auto #0
@@ -99,23 +91,7 @@ class DistillRollouts:
         rnd = trainer.state.get("round", 0)
         rng = random.Random(f"alignbook-distill-{cfg.seed}-{rnd}")
         hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
-        mine, first = hand_share(hands, cfg.group_size, rank, world)
-        episodes, _ = play_gpoints(
-            trainer.unwrapped,
-            self.tok,
-            mine,
-            cfg.group_size,
-            cfg.max_attempts,
-            cfg.style,
-            cfg.temperature,
-            cfg.top_p,
-            cfg.max_new_tokens,
-            seed=cfg.seed * 1_000_003 + rnd,
-            batch_size=cfg.gen_batch_size,
-            history=cfg.history,
-            seeding=cfg.rollout_seeding,
-            first_episode=first,
-        )
+        episodes, _ = play_share(trainer.unwrapped, self.tok, cfg, hands, rnd, rank, world)
         episodes = gather_round(episodes, world)
         rows = [t for e in episodes for t in e.turns]
         n_tok = sum(len(r["completion_ids"]) for r in rows)
@@ -181,8 +157,7 @@ def train_distill(cfg, progress: bool = True) -> TrainResult:
         eval_fn=lambda m: rl_evaluate(m, tok, cfg),
         out_dir=cfg.out_dir,
     )
-    if tr.accelerator.num_processes > 1:
-        validate_data_parallel(cfg, tr.accelerator.num_processes)
+    validate_data_parallel(cfg, tr.accelerator.num_processes)
     teacher.to(tr.device)
     tr.state["flops"] = 0.0
     tr.fit_rollouts(cfg.max_steps, progress=progress)

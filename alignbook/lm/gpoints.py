@@ -627,9 +627,8 @@ def evaluate(
         if not active:
             break
         turn = [[dict(m) for m in convs[i]] for i in active]
-        replies = (
-            respond(turn, list(active)) if with_ids else respond(turn)
-        )  # with_ids: which hands these are
+        ids = list(active)  # which hands these are, for a `respond` that asks (`with_ids`)
+        replies = respond(turn, ids) if with_ids else respond(turn)
         if len(replies) != len(active):
             raise ValueError(f"respond returned {len(replies)} replies for {len(active)} conversations")
         still = []

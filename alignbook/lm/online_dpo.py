@@ -13,18 +13,10 @@ from ..results import TrainResult
 from .reference import make_reference
 from . import gpoints
 from .dpo import dpo_loss
-from .rollout import play_gpoints, pack_batch, completion_token_logps
+from .rollout import pack_batch, completion_token_logps
 from .rleval import rl_evaluate
-from alignbook.lm.rltrain import (
-    RL_COMMON_TOY,
-    RL_COMMON_GPU,
-    training_hand,
-    estimate_flops,
-    share,
-    hand_share,
-    gather_round,
-    validate_data_parallel,
-)
+from .rltrain import RL_COMMON_TOY, RL_COMMON_GPU, training_hand, estimate_flops
+from .rltrain import share, play_share, gather_round, validate_data_parallel
 from ..dryrun import dry_runnable
 
 # %% auto #0
@@ -81,23 +73,7 @@ class OnlineDPORollouts:
         rnd = trainer.state.get("round", 0)
         rng = random.Random(f"alignbook-online-dpo-{cfg.seed}-{rnd}")
         hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
-        mine, first = hand_share(hands, cfg.group_size, rank, world)
-        episodes, _ = play_gpoints(
-            trainer.unwrapped,
-            self.tok,
-            mine,
-            cfg.group_size,
-            1,
-            cfg.style,
-            cfg.temperature,
-            cfg.top_p,
-            cfg.max_new_tokens,
-            seed=cfg.seed * 1_000_003 + rnd,
-            batch_size=cfg.gen_batch_size,
-            history=cfg.history,
-            seeding=cfg.rollout_seeding,
-            first_episode=first,
-        )
+        episodes, _ = play_share(trainer.unwrapped, self.tok, cfg, hands, rnd, rank, world, max_attempts=1)
         episodes = gather_round(episodes, world)
         pairs = verifier_pairs(episodes, cfg.group_size)
         here = share(pairs, rank, world)
@@ -153,8 +129,7 @@ def train_online_dpo(cfg, progress: bool = True) -> TrainResult:
         eval_fn=lambda m: rl_evaluate(m, tok, cfg),
         out_dir=cfg.out_dir,
     )
-    if tr.accelerator.num_processes > 1:
-        validate_data_parallel(cfg, tr.accelerator.num_processes)
+    validate_data_parallel(cfg, tr.accelerator.num_processes)
     ref.to(tr.device)
     tr.state["flops"] = 0.0
     tr.fit_rollouts(cfg.max_steps, progress=progress)

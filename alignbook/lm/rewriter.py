@@ -15,14 +15,8 @@ from ..results import TrainResult
 from .reference import make_reference
 from .rollout import sample_completions, pack_batch, completion_token_logps, episode_seed
 from .pg import grpo_advantages
-from alignbook.lm.rltrain import (
-    rl_loss_fn,
-    chunk_weight,
-    share,
-    hand_share,
-    gather_round,
-    validate_data_parallel,
-)
+from .rltrain import rl_loss_fn, chunk_weight, share, hand_share, gather_round
+from .rltrain import validate_data_parallel
 from . import skills
 from alignbook.lm.rewrite import (
     QA_FORMATS,
@@ -77,9 +71,7 @@ def rewriter_records(cfg) -> list[dict]:
 class RewriteRollouts:
     "The Trainer's `make_batch` for the rewriting policy: K rewrites a problem, gated, scored, GRPO rows."
 
-    shards_rollouts = (
-        True  # under data parallelism each process rewrites, and trains on, its share of a round
-    )
+    shards_rollouts = True  # under data parallelism each process rewrites its share of a round
     SCORES = ("ok", "nll", "rewards", "r_dist", "r_div")
 
     def __init__(self, tokenizer, cfg, records, ref, verify, prompt_fn=rewrite_request):
@@ -140,7 +132,7 @@ class RewriteRollouts:
         mine, first = hand_share(recs, K, rank, world)  # this process's problems, its first row's index
         seed = cfg.seed * 1_000_003 + rnd
         row_seeds = None
-        if cfg.get("rollout_seeding", "round") == "episode":  # each rewrite its own stream
+        if cfg.rollout_seeding == "episode":  # each rewrite its own stream
             row_seeds = [episode_seed(seed, first + j, 1) for j in range(len(mine) * K)]
         policy = trainer.unwrapped
         smp = sample_completions(
@@ -299,8 +291,7 @@ def train_rewriter(cfg, progress: bool = True) -> TrainResult:
         eval_fn=(lambda m: evaluate_rewriter(m, tok, held_out, ref, verify, cfg)) if n_eval else None,
         out_dir=cfg.out_dir,
     )
-    if tr.accelerator.num_processes > 1:
-        validate_data_parallel(cfg, tr.accelerator.num_processes, "problems_per_step")
+    validate_data_parallel(cfg, tr.accelerator.num_processes, "problems_per_step")
     ref.to(tr.device)
     tr.fit_rollouts(cfg.max_steps, True, progress)
     n_params = count_params(policy, trainable_only=True)

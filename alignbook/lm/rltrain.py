@@ -34,7 +34,7 @@ from ..dryrun import dry_runnable
 
 # %% auto #0
 __all__ = ['RL_COMMON_TOY', 'RL_COMMON_GPU', 'ALGOS', 'BASE_ALGO', 'episode_rows', 'episode_advantages', 'PolicyWithValue',
-           'policy_of', 'estimate_flops', 'training_hand', 'share', 'hand_share', 'gather_round',
+           'policy_of', 'estimate_flops', 'training_hand', 'share', 'hand_share', 'play_share', 'gather_round',
            'validate_data_parallel', 'chunk_weight', 'GPointsRollouts', 'rl_loss_fn', 'train_rl',
            'check_terminal_rewards']
 
@@ -250,13 +250,35 @@ def hand_share(hands: list, group_size: int, rank: int, world: int) -> tuple[lis
     return share(hands, rank, world), before * group_size
 
 
+def play_share(policy, tok, cfg, hands: list, rnd: int, rank: int = 0, world: int = 1, **kw):
+    "Process `rank`'s share of round `rnd`'s `hands`, played with `cfg`'s sampling settings (`kw` overrides)."
+    mine, first = hand_share(hands, cfg.group_size, rank, world)
+    settings = dict(
+        group_size=cfg.group_size,
+        max_attempts=cfg.max_attempts,
+        style=cfg.style,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed * 1_000_003 + rnd,  # seeds depend only on seed and round: a resume is exact
+        batch_size=cfg.gen_batch_size,
+        history=cfg.history,
+        seeding=cfg.rollout_seeding,
+    )
+    return play_gpoints(policy, tok, mine, **{**settings, **kw}, first_episode=first)
+
+
 def gather_round(episodes: list, world: int) -> list:
     "Every process's episodes, in round order (on one process: as they are)."
     return gather_object(episodes) if world > 1 else episodes
 
 
 def validate_data_parallel(cfg, world: int, per_round: str = "hands_per_step"):
-    "A round can be split across `world` processes only with a sampling stream per episode."
+    "A known `cfg.rollout_seeding`; to split a round over `world` > 1 processes, a stream per episode."
+    if cfg.rollout_seeding not in SEEDINGS:
+        raise ValueError(f"rollout_seeding must be one of {SEEDINGS}, got {cfg.rollout_seeding!r}")
+    if world == 1:
+        return
     if cfg.rollout_seeding != "episode":
         raise ValueError(
             f"rollout_seeding={cfg.rollout_seeding!r} draws one random stream per round, which {world} "
@@ -310,23 +332,9 @@ class GPointsRollouts:
         cfg = self.cfg
         rng = random.Random(f"alignbook-rl-{cfg.seed}-{rnd}")
         hands = [training_hand(rng, self.rule) for _ in range(cfg.hands_per_step)]
-        mine, first = hand_share(hands, cfg.group_size, rank, world)
-        return play_gpoints(
-            policy if self.engine is None else self.engine.sync(policy),
-            self.tok,
-            mine,
-            cfg.group_size,
-            cfg.max_attempts,
-            cfg.style,
-            cfg.sampler_temperature or cfg.temperature,
-            cfg.top_p,
-            cfg.max_new_tokens,
-            seed=cfg.seed * 1_000_003 + rnd,
-            batch_size=cfg.gen_batch_size,
-            history=cfg.history,
-            seeding=cfg.rollout_seeding,
-            first_episode=first,
-        )
+        sampler = policy if self.engine is None else self.engine.sync(policy)
+        temperature = cfg.sampler_temperature or cfg.temperature
+        return play_share(sampler, self.tok, cfg, hands, rnd, rank, world, temperature=temperature)
 
     @torch.no_grad()
     def micro_batch(self, trainer, chunk: list[dict], update: list[dict], off_policy: bool) -> dict:
@@ -486,8 +494,7 @@ def _check_cfg(cfg, algo):
         raise ValueError(f"tis_cap must be > 0 and needs sampler_temperature set, got {cfg.tis_cap}")
     if cfg.engine_tis_cap is not None and cfg.engine_tis_cap <= 0:
         raise ValueError(f"engine_tis_cap must be > 0 or None, got {cfg.engine_tis_cap}")
-    if cfg.rollout_seeding not in SEEDINGS:
-        raise ValueError(f"rollout_seeding must be one of {SEEDINGS}, got {cfg.rollout_seeding!r}")
+    validate_data_parallel(cfg, 1)  # the seeding's name, before the model loads
     if cfg.rollout_engine not in ENGINES:
         raise ValueError(f"rollout_engine must be one of {ENGINES}, got {cfg.rollout_engine!r}")
     parse_rules(cfg.eval_rules)
@@ -511,8 +518,7 @@ def train_rl(cfg, algo: str | None = None, progress: bool = True, eval_at_start:
         eval_fn=(lambda m: rl_evaluate(policy_of(m), tok, cfg)) if cfg.eval_size else None,
         out_dir=cfg.out_dir,
     )
-    if tr.accelerator.num_processes > 1:
-        validate_data_parallel(cfg, tr.accelerator.num_processes)
+    validate_data_parallel(cfg, tr.accelerator.num_processes)
     if ref is not None:
         ref.to(tr.device)
     tr.state["flops"] = 0.0  # a resumed run reads its count from the checkpoint
